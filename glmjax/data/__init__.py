@@ -1,0 +1,1 @@
+"""Data layer: FASTA/VCF input, windowing, synthetic data, canaries, stores and splits."""

@@ -1,0 +1,144 @@
+"""Model zoo: registry of families, loading from checkpoint folders, building fresh models.
+
+>>> model = glmjax.models.load("path/to/checkpoint")      # HF snapshot or glmjax folder
+>>> model.family, model.objective, model.tokenizer.encode("ACGT"), model.logits(ids)
+
+Families (module -> registry name): ``nt`` (Nucleotide Transformer v1/v2), ``llama`` and ``gpt2``
+(causal transformer baselines), ``hyenadna``, ``caduceus`` (PH and PS), ``dnabert2``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from flax import nnx
+
+from glmjax.errors import CheckpointError, ConfigError
+from glmjax.models.base import FamilySpec, LoadedModel
+from glmjax.models.checkpoints import (
+    fill_module,
+    is_glmjax_dir,
+    read_config_json,
+    read_glmjax_meta,
+    read_hf_tensors,
+    restore_glmjax_state,
+)
+
+# registry name -> module defining ``SPEC: FamilySpec``
+FAMILY_MODULES = {
+    "nt": "glmjax.models.nt",
+    "llama": "glmjax.models.llama",
+    "gpt2": "glmjax.models.gpt2",
+    "hyenadna": "glmjax.models.hyena",
+    "caduceus": "glmjax.models.caduceus",
+    "dnabert2": "glmjax.models.dnabert2",
+}
+
+__all__ = ["FamilySpec", "LoadedModel", "build", "families", "get_family", "load", "save"]
+
+
+def families() -> dict[str, FamilySpec]:
+    """All registered families, by name (families whose module is absent are left out)."""
+    out = {}
+    for name, modname in FAMILY_MODULES.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue
+            raise
+        out[name] = mod.SPEC
+    return out
+
+
+def get_family(name: str) -> FamilySpec:
+    """The spec of a family by registry name; ConfigError listing the choices otherwise."""
+    fams = families()
+    if name not in fams:
+        raise ConfigError(f"unknown model family {name!r}; choose one of: {', '.join(sorted(fams))}")
+    return fams[name]
+
+
+def build(family: str, config: Any = None, seed: int = 0, source: str = "") -> LoadedModel:
+    """A freshly initialised model of ``family`` (``config`` defaults to the family's ``tiny()``)."""
+    spec = get_family(family)
+    cfg = config if config is not None else spec.config_cls.tiny()
+    module = spec.build(cfg, nnx.Rngs(seed))
+    return LoadedModel(spec, cfg, module, spec.tokenizer(cfg, None), source=source or f"{family}:random")
+
+
+def detect(path: str | Path) -> FamilySpec:
+    """The family of a checkpoint folder (glmjax folder, HF ``config.json``, or family-specific)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model folder")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; a model is a folder (HF snapshot or glmjax checkpoint)")
+    if is_glmjax_dir(path):
+        return get_family(read_glmjax_meta(path)["family"])
+    fams = families()
+    if (path / "config.json").exists():
+        cfg = read_config_json(path)
+        for spec in fams.values():
+            if spec.detect(cfg):
+                return spec
+        mt = cfg.get("model_type")
+        raise CheckpointError(f"{path}: config.json model_type {mt!r} / architectures "
+                              f"{cfg.get('architectures')} is not a supported family "
+                              f"({', '.join(sorted(fams))})")
+    for spec in fams.values():
+        if spec.detect_dir is not None and spec.detect_dir(path):
+            return spec
+    raise CheckpointError(f"{path} has neither config.json nor glmjax_model.json; not a model folder")
+
+
+def load(path: str | Path, trust_pickle: bool = False, dtype: Any = None) -> LoadedModel:
+    """Load a model folder: a Hugging Face snapshot of a supported family, the official NT JAX
+    checkpoint (``trust_pickle=True`` needed: it is a pickle), or a glmjax (orbax) folder.
+
+    Args:
+      path: the folder.
+      trust_pickle: allow pickle-based weights that torch's ``weights_only`` loader cannot read.
+      dtype: compute dtype for the module (``jnp.bfloat16`` on accelerators); parameters stay fp32.
+    """
+    path = Path(path)
+    spec = detect(path)
+    if is_glmjax_dir(path):
+        meta = read_glmjax_meta(path)
+        cfg = spec.config_cls.from_dict(meta["config"])
+        cfg = _with_dtype(cfg, dtype)
+        module = spec.build(cfg, nnx.Rngs(0))
+        restore_glmjax_state(path, module)
+        return LoadedModel(spec, cfg, module, spec.tokenizer(cfg, path), source=str(path))
+    if (path / "config.json").exists():
+        cfg = spec.config_cls.from_hf(read_config_json(path))
+        cfg = _with_dtype(cfg, dtype)
+        src = read_hf_tensors(path, trust_pickle=trust_pickle)
+        flat = spec.convert_hf(src, cfg)
+    else:
+        cfg, flat = spec.load_dir(path, trust_pickle)
+        cfg = _with_dtype(cfg, dtype)
+    module = spec.build(cfg, nnx.Rngs(0))
+    fill_module(module, flat, origin=str(path))
+    return LoadedModel(spec, cfg, module, spec.tokenizer(cfg, path), source=str(path))
+
+
+def save(model: LoadedModel, path: str | Path, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """Save a model in glmjax's folder format (orbax state + ``glmjax_model.json``)."""
+    from glmjax.models.checkpoints import save_glmjax
+
+    cfg = _with_dtype(model.config, None)
+    return save_glmjax(Path(path), model.family, cfg.to_dict(), model.module, extra=extra, overwrite=overwrite)
+
+
+def _with_dtype(cfg: Any, dtype: Any) -> Any:
+    """Configs carry a ``dtype`` field (compute dtype name); replace it when asked."""
+    import dataclasses
+
+    if not hasattr(cfg, "dtype"):
+        return cfg
+    name = "float32" if dtype is None else (dtype if isinstance(dtype, str) else getattr(dtype, "__name__", str(dtype)))
+    name = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(name, name)
+    return dataclasses.replace(cfg, dtype=name)

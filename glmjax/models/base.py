@@ -1,0 +1,153 @@
+"""The model family contract shared by every architecture.
+
+A family registers a :class:`FamilySpec`; :func:`glmjax.models.load` returns a :class:`LoadedModel`.
+
+Module contract (Flax NNX), for every family:
+
+* ``module(input_ids int32 [B, L], attention_mask bool [B, L] | None) -> logits [B, L, V]``;
+  logits are float32 unless the module was built with another ``dtype`` (compute dtype), and V is
+  the model's output rows (may exceed the tokenizer's vocabulary, e.g. padded to a multiple of 8).
+  Positions where ``attention_mask`` is False must not influence other positions' logits in
+  families that have a mask (attention transformers); families without a mask (Hyena, Caduceus)
+  ignore it and treat pads as input, exactly like their reference implementation.
+* causal families additionally implement incremental decoding, used by extraction and exposure:
+  ``module.init_cache(batch_size: int, max_len: int) -> cache`` (a pytree of arrays with the
+  batch on axis 0 of every leaf, position counter included) and
+  ``module.decode_step(cache, token_ids int32 [B]) -> (logits [B, V], cache)``; feeding a sequence
+  one token at a time gives the same logits as the full forward pass (tested per family).
+
+Configs are frozen dataclasses with ``tiny()`` (for tests), ``from_hf(config_json: dict)`` and
+``to_dict()/from_dict()`` (for glmjax's own checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glmjax.tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Registry entry of one model family.
+
+    Attributes:
+      name: registry name (``nt``, ``llama``, ``gpt2``, ``hyenadna``, ``caduceus``, ``dnabert2``).
+      objective: ``"causal"`` or ``"masked"``.
+      config_cls: frozen dataclass type with ``tiny()``, ``from_hf()``, ``to_dict()``, ``from_dict()``.
+      build: ``(config, rngs: nnx.Rngs) -> nnx.Module``.
+      tokenizer: ``(config, path: Path | None) -> Tokenizer`` (path: checkpoint dir, for vocab files).
+      detect: ``(config_json: dict) -> bool``: True if an HF ``config.json`` belongs to this family.
+      convert_hf: ``(tensors: TensorSource, config) -> dict[tuple[str, ...], np.ndarray]``:
+        published checkpoint tensors -> flat NNX param paths (see :mod:`glmjax.models.checkpoints`).
+      description: one line for ``glmjax models info``.
+      architecture_class: the audit's class: ``masked-transformer``, ``long-convolution``,
+        ``state-space``, ``causal-transformer``.
+      lora_targets: name patterns of the linear layers LoRA adapts by default.
+      detect_dir / load_dir: for checkpoint folders that are not HF snapshots (e.g. the official
+        NT JAX checkpoint): ``detect_dir(path) -> bool`` and
+        ``load_dir(path, trust_pickle) -> (config, flat NNX params)``.
+    """
+
+    name: str
+    objective: str
+    config_cls: type
+    build: Callable[[Any, nnx.Rngs], nnx.Module]
+    tokenizer: Callable[[Any, Path | None], Tokenizer]
+    detect: Callable[[dict], bool]
+    convert_hf: Callable[[Any, Any], dict] | None = None
+    description: str = ""
+    architecture_class: str = ""
+    lora_targets: tuple[str, ...] = ()
+    detect_dir: Callable[[Path], bool] | None = None
+    load_dir: Callable[[Path, bool], tuple[Any, dict]] | None = None
+
+
+class LoadedModel:
+    """A model ready to score: family spec, config, tokenizer, NNX module and its split state.
+
+    ``logits(input_ids, attention_mask=None)`` runs a jitted forward pass (fp32 output) and is the
+    small surface tests and scripts use; the engine uses :attr:`graphdef` / :attr:`state` directly.
+    """
+
+    def __init__(self, spec: FamilySpec, config: Any, module: nnx.Module, tokenizer: Tokenizer,
+                 source: str = ""):
+        self.spec = spec
+        self.config = config
+        self.module = module
+        self.tokenizer = tokenizer
+        self.source = source
+        self._fwd = None
+
+    @property
+    def family(self) -> str:
+        return self.spec.name
+
+    @property
+    def objective(self) -> str:
+        return self.spec.objective
+
+    @property
+    def graphdef(self):
+        return nnx.split(self.module)[0]
+
+    @property
+    def state(self):
+        return nnx.split(self.module)[1]
+
+    def split(self):
+        """``(graphdef, state)`` of the module (``nnx.split``)."""
+        return nnx.split(self.module)
+
+    def num_params(self) -> int:
+        return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(nnx.state(self.module, nnx.Param))))
+
+    def logits(self, input_ids, attention_mask=None) -> jax.Array:
+        """Forward pass: int [B, L] ids (and optional bool mask) -> float32 logits [B, L, V]."""
+        if self._fwd is None:
+            graphdef, state = nnx.split(self.module)
+
+            @jax.jit
+            def fwd(state, ids, mask):
+                m = nnx.merge(graphdef, state)
+                return m(ids, mask).astype(jnp.float32)
+
+            self._fwd = (fwd, state)
+        fwd, state = self._fwd
+        ids = jnp.asarray(input_ids, jnp.int32)
+        mask = None if attention_mask is None else jnp.asarray(attention_mask, bool)
+        return fwd(state, ids, mask)
+
+    def invalidate(self) -> None:
+        """Forget the cached jitted forward (call after changing parameters in place)."""
+        self._fwd = None
+
+    def fingerprint(self) -> str:
+        """A short hash of the parameters (for provenance)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(self.family.encode())
+        for leaf in jax.tree_util.tree_leaves(nnx.state(self.module, nnx.Param)):
+            h.update(np.asarray(leaf, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Default ``to_dict`` for config dataclasses (tuples become lists)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def config_from_dict(cls: type, d: dict) -> Any:
+    """Default ``from_dict``: ignore unknown keys, turn lists back into tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})

@@ -1,0 +1,338 @@
+"""Append-only HDF5 tables with a committed-row counter, atomic creation and resume.
+
+Both stores of glmjax (SequenceStore for inputs, ScoreStore for scores) are built on
+:class:`TableWriter` / :class:`TableReader`:
+
+* a file has a ``schema`` and ``schema_version`` attribute and a JSON ``provenance`` attribute;
+* every row-aligned dataset lives under ``/rows`` and grows in chunks (compressed);
+* ragged columns are stored as a flat buffer ``/ragged/<name>/values`` plus
+  ``/ragged/<name>/offsets`` (int64, one more entry than rows);
+* the attribute ``committed_rows`` is written (and the file flushed) only after a batch has been
+  fully appended, so a killed writer can be resumed: rows past the counter are discarded;
+* a file is written under ``<path>.partial`` and renamed to ``<path>`` when finalized, so a failed
+  run never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from glmjax import __version__
+from glmjax.errors import InputFileError, StoreError
+
+STR = h5py.string_dtype("utf-8")
+_CHUNK_ROWS = 4096
+_CHUNK_VALUES = 1 << 20
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The temporary name a store is written under until it is finalized."""
+    p = Path(path)
+    return p.with_name(p.name + ".partial")
+
+
+def command_line() -> str:
+    """The command line of this process, for provenance."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+
+
+def base_provenance(**extra: Any) -> dict[str, Any]:
+    """Provenance common to every store: package version and command line.
+
+    No wall-clock time is recorded, so the same command with the same seed writes byte-identical
+    files.
+    """
+    prov = {"glmjax_version": __version__, "command": command_line()}
+    prov.update(extra)
+    return prov
+
+
+def _np_dtype(dtype: Any) -> Any:
+    if dtype is str or dtype == "str":
+        return STR
+    return np.dtype(dtype)
+
+
+class TableWriter:
+    """Append rows to an HDF5 table; resumable and atomically finalized.
+
+    Args:
+      path: final file name. Data is written to ``<path>.partial`` until :meth:`finalize`.
+      schema: schema name stored in the ``schema`` attribute (e.g. ``"glmjax.SequenceStore"``).
+      version: schema version.
+      columns: row-aligned columns: name -> dtype, or (dtype, trailing_shape).
+      ragged: ragged columns: name -> dtype of their values.
+      attrs: extra file attributes (JSON-serialisable values are JSON-encoded).
+      resume: when a ``.partial`` file of the same schema exists, continue after its committed
+        rows instead of starting over.
+      overwrite: allow replacing an existing finished file at ``path``.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: str, version: int,
+                 columns: Mapping[str, Any], ragged: Mapping[str, Any] | None = None,
+                 attrs: Mapping[str, Any] | None = None, resume: bool = False,
+                 overwrite: bool = True, compression: str | None = "gzip"):
+        self.path = Path(path)
+        self.tmp = partial_path(self.path)
+        self.schema = schema
+        self.columns = {k: (v if isinstance(v, tuple) else (v, ())) for k, v in columns.items()}
+        self.ragged = dict(ragged or {})
+        if self.path.exists() and not overwrite:
+            raise StoreError(f"{self.path} already exists; choose another output or pass --overwrite")
+        if not self.path.parent.exists():
+            raise InputFileError(f"output folder {self.path.parent} does not exist; create it first")
+        self.resumed_rows = 0
+        if resume and self.tmp.exists():
+            self.f = self._open_existing()
+        else:
+            if self.tmp.exists():
+                self.tmp.unlink()
+            self.f = h5py.File(self.tmp, "w")
+            self._create(version, attrs or {}, compression)
+        self.rows = int(self.f.attrs["committed_rows"])
+        self.resumed_rows = self.rows
+
+    # -- creation / resume -------------------------------------------------------------------
+    def _create(self, version: int, attrs: Mapping[str, Any], compression: str | None) -> None:
+        f = self.f
+        f.attrs["schema"] = self.schema
+        f.attrs["schema_version"] = version
+        f.attrs["committed_rows"] = 0
+        f.attrs["complete"] = False
+        for k, v in attrs.items():
+            set_attr(f, k, v)
+        rows = f.create_group("rows")
+        for name, (dtype, shape) in self.columns.items():
+            rows.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=_np_dtype(dtype),
+                                chunks=(_CHUNK_ROWS, *shape), compression=compression)
+        rg = f.create_group("ragged")
+        for name, dtype in self.ragged.items():
+            g = rg.create_group(name)
+            g.create_dataset("values", shape=(0,), maxshape=(None,), dtype=np.dtype(dtype),
+                             chunks=(_CHUNK_VALUES,), compression=compression)
+            g.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,),
+                             chunks=(_CHUNK_ROWS,), compression=compression)
+        f.flush()
+
+    def _open_existing(self) -> h5py.File:
+        try:
+            f = h5py.File(self.tmp, "r+")
+        except OSError:
+            # An unreadable partial file (killed during creation) cannot be resumed: start over.
+            self.tmp.unlink()
+            raise StoreError(f"{self.tmp} was damaged and has been removed; run the command again") from None
+        if f.attrs.get("schema") != self.schema:
+            f.close()
+            raise StoreError(f"{self.tmp} is not a partial {self.schema}; remove it to start over")
+        n = int(f.attrs["committed_rows"])
+        for name in self.columns:
+            if name not in f["rows"]:
+                f.close()
+                raise StoreError(f"{self.tmp} lacks column {name!r} (written by another command?); remove it")
+            f["rows"][name].resize(n, axis=0)
+        for name in self.ragged:
+            g = f["ragged"][name]
+            g["offsets"].resize(n + 1, axis=0)
+            g["values"].resize(int(g["offsets"][n]), axis=0)
+        return f
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, columns: Mapping[str, Any], ragged: Mapping[str, Sequence[np.ndarray]] | None = None,
+               commit: bool = True) -> None:
+        """Append a batch of rows. All columns must be given with the same number of rows."""
+        ragged = ragged or {}
+        missing = set(self.columns) - set(columns) | set(self.ragged) - set(ragged)
+        if missing:
+            raise ValueError(f"append is missing columns {sorted(missing)}")
+        lengths = {len(v) for v in columns.values()} | {len(v) for v in ragged.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"columns have different lengths {sorted(lengths)}")
+        n = lengths.pop()
+        if n == 0:
+            return
+        start = int(self.f["rows"][next(iter(self.columns))].shape[0]) if self.columns else self.rows
+        for name in self.columns:
+            ds = self.f["rows"][name]
+            ds.resize(start + n, axis=0)
+            ds[start:start + n] = np.asarray(columns[name]) if _np_dtype(self.columns[name][0]) is not STR \
+                else np.asarray([str(x) for x in columns[name]], dtype=object)
+        for name in self.ragged:
+            g = self.f["ragged"][name]
+            parts = [np.asarray(a, dtype=g["values"].dtype).ravel() for a in ragged[name]]
+            lens = np.fromiter((p.size for p in parts), dtype=np.int64, count=n)
+            base = int(g["offsets"][start])
+            offs = base + np.cumsum(lens)
+            vals = g["values"]
+            vals.resize(int(offs[-1]), axis=0)
+            if offs[-1] > base:
+                vals[base:int(offs[-1])] = np.concatenate(parts)
+            g["offsets"].resize(start + n + 1, axis=0)
+            g["offsets"][start + 1:start + n + 1] = offs
+        if commit:
+            self.commit(start + n)
+
+    def commit(self, rows: int | None = None) -> None:
+        """Record ``rows`` (default: all written rows) as durable and flush to disk."""
+        if rows is None:
+            rows = int(self.f["rows"][next(iter(self.columns))].shape[0])
+        self.f.flush()
+        self.f.attrs["committed_rows"] = rows
+        self.f.flush()
+        self.rows = rows
+
+    def set_attr(self, key: str, value: Any) -> None:
+        set_attr(self.f, key, value)
+
+    def finalize(self) -> Path:
+        """Mark complete, close and atomically rename to the final path."""
+        self.commit(self.rows)
+        self.f.attrs["complete"] = True
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self, keep_partial: bool = False) -> None:
+        """Close; remove the partial file unless it is kept for a later resume."""
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001 - closing a broken file must not mask the real error
+            pass
+        if not keep_partial and self.tmp.exists():
+            self.tmp.unlink()
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            # KeyboardInterrupt / kill keeps the partial for resume; a user error removes it.
+            self.abort(keep_partial=not issubclass(exc_type, Exception))
+
+
+def set_attr(obj: h5py.HLObject, key: str, value: Any) -> None:
+    """Store an attribute; dicts and lists are JSON-encoded strings."""
+    if isinstance(value, dict | list | tuple):
+        obj.attrs[key] = json.dumps(value, sort_keys=True)
+    elif value is None:
+        obj.attrs[key] = "null"
+    else:
+        obj.attrs[key] = value
+
+
+def get_json_attr(obj: h5py.HLObject, key: str, default: Any = None) -> Any:
+    """Read an attribute written by :func:`set_attr` (JSON strings are decoded)."""
+    if key not in obj.attrs:
+        return default
+    v = obj.attrs[key]
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def open_table(path: str | os.PathLike, schema: str, kind: str = "store") -> h5py.File:
+    """Open a finished table for reading, with clear errors for wrong or unfinished files."""
+    p = Path(path)
+    if not p.exists():
+        if partial_path(p).exists():
+            raise StoreError(f"{p} is unfinished ({partial_path(p).name} exists); rerun the command that writes it")
+        raise InputFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputFileError(f"{p} is a folder, not an HDF5 {kind}")
+    if p.stat().st_size == 0:
+        raise InputFileError(f"{p} is empty")
+    try:
+        f = h5py.File(p, "r")
+    except OSError:
+        raise StoreError(f"{p} is not an HDF5 file; expected a {schema} (make one with glmjax)") from None
+    got = f.attrs.get("schema")
+    if isinstance(got, bytes):
+        got = got.decode()
+    if got != schema:
+        f.close()
+        what = f"a {got}" if got else "not written by glmjax"
+        raise StoreError(f"{p} is {what}, not a {schema}")
+    return f
+
+
+class TableReader:
+    """Read access to a finished table: row columns, ragged rows, attributes."""
+
+    schema = ""
+    kind = "store"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.f = open_table(path, self.schema, self.kind)
+        self.n = int(self.f.attrs["committed_rows"])
+        self._offsets: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.f.attrs["schema_version"])
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return get_json_attr(self.f, key, default)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.attr("provenance", {}) or {}
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.f["rows"].keys())
+
+    def column(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of a row-aligned column (strings are returned as Python str)."""
+        if name not in self.f["rows"]:
+            raise StoreError(f"{self.path} has no column {name!r} (has: {', '.join(self.column_names)})")
+        stop = self.n if stop is None else min(stop, self.n)
+        ds = self.f["rows"][name]
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            return ds.asstr()[start:stop]
+        return ds[start:stop]
+
+    def offsets(self, name: str) -> np.ndarray:
+        if name not in self._offsets:
+            self._offsets[name] = self.f["ragged"][name]["offsets"][: self.n + 1]
+        return self._offsets[name]
+
+    def ragged_rows(self, name: str, start: int = 0, stop: int | None = None) -> list[np.ndarray]:
+        """Rows [start, stop) of a ragged column as a list of arrays (one read per call)."""
+        stop = self.n if stop is None else min(stop, self.n)
+        offs = self.offsets(name)
+        lo, hi = int(offs[start]), int(offs[stop])
+        flat = self.f["ragged"][name]["values"][lo:hi]
+        return [flat[int(offs[i]) - lo:int(offs[i + 1]) - lo] for i in range(start, stop)]
+
+    def ragged_row(self, name: str, i: int) -> np.ndarray:
+        if not 0 <= i < self.n:
+            raise IndexError(f"row {i} out of range 0..{self.n - 1}")
+        offs = self.offsets(name)
+        return self.f["ragged"][name]["values"][int(offs[i]):int(offs[i + 1])]
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
