@@ -79,3 +79,175 @@ class Tokenizer:
             att[i, sl] = True
             sc[i, sl] = e.scored
         return ids, att, sc
+
+
+# ---------------------------------------------------------------------------------------------
+# Character tokenizers
+
+# HyenaDNA / Caduceus character vocabulary (CharacterTokenizer of both reference code bases).
+HYENA_CHAR_VOCAB = {"[CLS]": 0, "[SEP]": 1, "[BOS]": 2, "[MASK]": 3, "[PAD]": 4, "[RESERVED]": 5, "[UNK]": 6,
+                    "A": 7, "C": 8, "G": 9, "T": 10, "N": 11}
+
+
+@dataclass
+class CharTokenizer(Tokenizer):
+    """One token per nucleotide.
+
+    ``base_ids`` maps the codes A C G T N (0..4) to token ids; ``bos_id`` (if set) is prepended and
+    ``eos_id`` (if set) appended. Presets: :func:`hyena_char_tokenizer` (HyenaDNA: ``[SEP]``
+    appended, left padding), :func:`caduceus_char_tokenizer`, :func:`causal_char_tokenizer`
+    (glmjax's causal baselines: ``[BOS]`` prepended so every nucleotide is predicted, right padding).
+    """
+
+    base_ids: tuple[int, ...] = (7, 8, 9, 10, 11)
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+    def encode_codes(self, codes: np.ndarray) -> Encoded:
+        codes = np.asarray(codes, dtype=np.uint8)
+        lut = np.asarray(self.base_ids, dtype=np.int32)
+        body = lut[codes]
+        pre = [] if self.bos_id is None else [self.bos_id]
+        post = [] if self.eos_id is None else [self.eos_id]
+        ids = np.concatenate([np.asarray(pre, np.int32), body, np.asarray(post, np.int32)])
+        scored = np.zeros(ids.shape[0], bool)
+        scored[len(pre):len(pre) + body.shape[0]] = True
+        return Encoded(ids, scored, scored.astype(np.int32))
+
+    def max_tokens(self, nucleotides: int) -> int:
+        return nucleotides + (self.bos_id is not None) + (self.eos_id is not None)
+
+
+def hyena_char_tokenizer(vocab_size: int = 16) -> CharTokenizer:
+    """HyenaDNA's tokenizer: A C G T N = 7..11, ``[SEP]`` appended, no ``[CLS]``, left ``[PAD]``=4."""
+    return CharTokenizer(name="char-hyenadna", vocab_size=vocab_size, pad_id=4, mask_id=3, padding_side="left",
+                         special_ids=frozenset(range(7)), eos_id=1)
+
+
+def caduceus_char_tokenizer(vocab_size: int = 16) -> CharTokenizer:
+    """Caduceus's tokenizer: as HyenaDNA's (upper-cased input, ``[SEP]`` appended, left padding)."""
+    return CharTokenizer(name="char-caduceus", vocab_size=vocab_size, pad_id=4, mask_id=3, padding_side="left",
+                         special_ids=frozenset(range(7)), eos_id=1)
+
+
+def causal_char_tokenizer(vocab_size: int = 16) -> CharTokenizer:
+    """glmjax's causal baselines (Llama-/GPT-2-style): HyenaDNA ids, ``[BOS]``=2 first, right padding."""
+    return CharTokenizer(name="char-causal", vocab_size=vocab_size, pad_id=4, mask_id=3, padding_side="right",
+                         special_ids=frozenset(range(7)), bos_id=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nucleotide Transformer 6-mer tokenizer
+
+_NT_ORDER = "ATCG"  # the official vocabulary enumerates k-mers in itertools.product("ATCG") order
+_CODE_TO_NT = np.array([0, 2, 3, 1], dtype=np.int64)  # our A C G T (0..3) -> index in "ATCG"
+
+
+@dataclass
+class KmerTokenizer(Tokenizer):
+    """Nucleotide Transformer tokenizer: ``<cls>``, then per N-separated chunk non-overlapping
+    k-mers from the left with leftover bases as single-base tokens; every N is its own token.
+
+    ``version`` 1: ``<unk> <pad> <mask> <cls>`` then the 4^k k-mers, then A T C G N (4105 ids for
+    k=6). Version 2 adds ``<eos> <bos>`` after ``<cls>`` (4107 ids). Right padding with ``<pad>``=1.
+    """
+
+    k: int = 6
+    version: int = 1
+    cls_id: int = 3
+
+    @property
+    def kmer_offset(self) -> int:
+        return 4 if self.version == 1 else 6
+
+    @property
+    def single_offset(self) -> int:
+        return self.kmer_offset + 4 ** self.k
+
+    def vocab(self) -> list[str]:
+        """The vocabulary in id order (line i of the official vocab file is id i)."""
+        import itertools
+
+        specials = ["<unk>", "<pad>", "<mask>", "<cls>"] + (["<eos>", "<bos>"] if self.version == 2 else [])
+        kmers = ["".join(p) for p in itertools.product(_NT_ORDER, repeat=self.k)]
+        return specials + kmers + list(_NT_ORDER) + ["N"]
+
+    def encode_codes(self, codes: np.ndarray) -> Encoded:
+        codes = np.asarray(codes, dtype=np.uint8)
+        k = self.k
+        ids: list[np.ndarray] = [np.array([self.cls_id], np.int64)]
+        nts: list[np.ndarray] = [np.zeros(1, np.int64)]
+        n_pos = np.flatnonzero(codes == 4)
+        bounds = np.concatenate([[-1], n_pos, [codes.shape[0]]])
+        weights = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        for j in range(bounds.shape[0] - 1):
+            lo, hi = int(bounds[j]) + 1, int(bounds[j + 1])
+            if hi > lo:
+                chunk = _CODE_TO_NT[codes[lo:hi]]
+                m = (hi - lo) // k
+                full = chunk[: m * k].reshape(m, k) @ weights + self.kmer_offset
+                rest = chunk[m * k:] + self.single_offset
+                ids += [full, rest]
+                nts += [np.full(m, k, np.int64), np.ones(rest.shape[0], np.int64)]
+            if j < bounds.shape[0] - 2:  # the N that ends this chunk
+                ids.append(np.array([self.single_offset + 4], np.int64))
+                nts.append(np.ones(1, np.int64))
+        out = np.concatenate(ids).astype(np.int32)
+        nt = np.concatenate(nts).astype(np.int32)
+        return Encoded(out, nt > 0, nt)
+
+    def max_tokens(self, nucleotides: int) -> int:
+        return nucleotides + 1
+
+
+def nt_kmer_tokenizer(version: int = 1, k: int = 6) -> KmerTokenizer:
+    """The official Nucleotide Transformer 6-mer tokenizer (v1: 4105 ids; v2: 4107 ids)."""
+    tok = KmerTokenizer(name=f"nt-{k}mer-v{version}", k=k, version=version, pad_id=1, mask_id=2,
+                        padding_side="right", cls_id=3)
+    tok.vocab_size = tok.single_offset + 5
+    tok.special_ids = frozenset(range(tok.kmer_offset))
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE (DNABERT-2)
+
+class BPETokenizer(Tokenizer):
+    """A ``tokenizers`` BPE tokenizer from a ``tokenizer.json`` (DNABERT-2: ``[CLS] ... [SEP]``,
+    right padding with ``[PAD]``=3, ``[MASK]``=4; N is not in the vocabulary and becomes ``[UNK]``)."""
+
+    def __init__(self, path: str, name: str = "bpe"):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(path))
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        vocab = self._tok.get_vocab()
+        super().__init__(name=name, vocab_size=self._tok.get_vocab_size(), pad_id=vocab.get("[PAD]", 0),
+                         mask_id=vocab.get("[MASK]"), padding_side="right",
+                         special_ids=frozenset(v for t, v in vocab.items() if t.startswith("[") and t.endswith("]")))
+        self.unk_id = vocab.get("[UNK]")
+
+    def encode_codes(self, codes: np.ndarray) -> Encoded:
+        return self._encode_str(alphabet.decode(codes))
+
+    def encode(self, seq: str) -> np.ndarray:
+        return self._encode_str(seq.upper()).ids
+
+    def _encode_str(self, seq: str) -> Encoded:
+        enc = self._tok.encode(seq)
+        ids = np.asarray(enc.ids, np.int32)
+        nts = np.asarray([e - s for s, e in enc.offsets], np.int32)
+        special = np.asarray(enc.special_tokens_mask, bool)
+        nts[special] = 0
+        return Encoded(ids, nts > 0, nts)
+
+    def encode_batch(self, seqs: list[str]) -> list[Encoded]:
+        """Encode many strings at once (the Rust tokenizer parallelises the batch)."""
+        out = []
+        for enc in self._tok.encode_batch([s.upper() for s in seqs]):
+            ids = np.asarray(enc.ids, np.int32)
+            nts = np.asarray([e - s for s, e in enc.offsets], np.int32)
+            nts[np.asarray(enc.special_tokens_mask, bool)] = 0
+            out.append(Encoded(ids, nts > 0, nts))
+        return out
