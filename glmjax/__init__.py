@@ -23,6 +23,7 @@ def _alias_kernels_from_checkout() -> None:
         mod = importlib.util.module_from_spec(spec)
         sys.modules["glmjax.kernels"] = mod
         spec.loader.exec_module(mod)
+        globals()["kernels"] = mod
 
 
 _alias_kernels_from_checkout()
