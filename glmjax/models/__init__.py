@@ -4,7 +4,7 @@
 >>> model.family, model.objective, model.tokenizer.encode("ACGT"), model.logits(ids)
 
 Families (module -> registry name): ``nt`` (Nucleotide Transformer v1/v2), ``llama`` and ``gpt2``
-(causal transformer baselines), ``hyenadna``, ``caduceus`` (PH and PS), ``dnabert2``.
+(causal transformer baselines), ``hyenadna``, ``caduceus`` (PH and PS), ``dnabert2``, ``mamba`` (causal Mamba v1 LM).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ FAMILY_MODULES = {
     "hyenadna": "glmjax.models.hyena",
     "caduceus": "glmjax.models.caduceus",
     "dnabert2": "glmjax.models.dnabert2",
+    "mamba": "glmjax.models.mamba",
 }
 
 __all__ = ["FamilySpec", "LoadedModel", "build", "families", "get_family", "load", "save"]
