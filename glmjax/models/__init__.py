@@ -10,6 +10,7 @@ Families (module -> registry name): ``nt`` (Nucleotide Transformer v1/v2), ``lla
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ FAMILY_MODULES = {
     "dnabert2": "glmjax.models.dnabert2",
     "mamba": "glmjax.models.mamba",
 }
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 __all__ = ["FamilySpec", "LoadedModel", "build", "families", "get_family", "load", "save"]
 
@@ -131,7 +134,14 @@ def save(model: LoadedModel, path: str | Path, overwrite: bool = False, extra: d
     from glmjax.models.checkpoints import save_glmjax
 
     cfg = _with_dtype(model.config, None)
-    return save_glmjax(Path(path), model.family, cfg.to_dict(), model.module, extra=extra, overwrite=overwrite)
+    out = save_glmjax(Path(path), model.family, cfg.to_dict(), model.module, extra=extra, overwrite=overwrite)
+    # Tokenizer vocabularies travel with the model so a saved folder reloads with the same tokenizer.
+    src = Path(model.source) if model.source else None
+    if src is not None and src.is_dir():
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copyfile(src / name, out / name)
+    return out
 
 
 def _with_dtype(cfg: Any, dtype: Any) -> Any:

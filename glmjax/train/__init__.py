@@ -1,0 +1,1 @@
+"""Training: fine-tuning (full or LoRA) with planted canaries, reference and shadow models."""
