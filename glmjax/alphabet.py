@@ -46,12 +46,13 @@ class EncodeStats:
         self.lowercase += other.lowercase
 
 
-def encode(seq: str | bytes, record: str = "<sequence>", offset: int = 0,
+def encode(seq: str | bytes | np.ndarray, record: str = "<sequence>", offset: int = 0,
            stats: EncodeStats | None = None) -> np.ndarray:
     """Encode a nucleotide string into uint8 codes (A C G T N -> 0..4).
 
     Args:
-      seq: the sequence (str or ASCII bytes); whitespace is not allowed here (strip it first).
+      seq: the sequence (str, ASCII bytes, or a uint8 array of ASCII bytes); whitespace is not
+        allowed here (strip it first).
       record: record name used in error messages.
       offset: 0-based position of ``seq[0]`` within the record, for error messages.
       stats: optional counters updated with ambiguity codes and lowercase bases seen.
@@ -62,7 +63,10 @@ def encode(seq: str | bytes, record: str = "<sequence>", offset: int = 0,
     Raises:
       SequenceError: on any character that is neither a base nor an IUPAC ambiguity code.
     """
-    raw = np.frombuffer(seq.encode("latin-1") if isinstance(seq, str) else bytes(seq), dtype=np.uint8)
+    if isinstance(seq, np.ndarray):
+        raw = seq.astype(np.uint8, copy=False).ravel()
+    else:
+        raw = np.frombuffer(seq.encode("latin-1") if isinstance(seq, str) else bytes(seq), dtype=np.uint8)
     codes = _ENCODE[raw]
     bad = np.flatnonzero(codes == INVALID)
     if bad.size:
