@@ -14,6 +14,7 @@ import sys
 
 from glmjax import __version__
 from glmjax.errors import GlmjaxError
+from glmjax.storage import set_command_line
 
 COMMAND_MODULES = (
     "glmjax.commands.data",
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``glmjax`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is not None:  # provenance records this call, not the command line of the host process
+        set_command_line(["glmjax", *argv])
     try:
         rc = args.func(args)
     except GlmjaxError as e:
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        set_command_line(None)
     return int(rc or 0)
 
 

@@ -39,8 +39,20 @@ def partial_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".partial")
 
 
+_COMMAND: list[str] | None = None
+
+
+def set_command_line(argv: list[str] | None) -> None:
+    """Record the command line of an in-process CLI call (``glmjax.cli.main(argv)``) for provenance;
+    ``None`` goes back to ``sys.argv``."""
+    global _COMMAND
+    _COMMAND = None if argv is None else [str(a) for a in argv]
+
+
 def command_line() -> str:
-    """The command line of this process, for provenance."""
+    """The command line of this process (or of the running ``glmjax.cli.main`` call), for provenance."""
+    if _COMMAND is not None:
+        return " ".join(_COMMAND)
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
 
 

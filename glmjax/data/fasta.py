@@ -563,18 +563,20 @@ def window_to_store(path: str | os.PathLike, out: str | os.PathLike, spec: Windo
         skip = writer.resumed_rows
         batch: list[Row] = []
 
-        def flush() -> None:
-            if not batch:
-                return
-            writer.append({"id": [r[0] for r in batch], "source": [r[1] for r in batch],
-                           "start": np.array([r[2] for r in batch], np.int64),
-                           "strand": np.array([r[3] for r in batch], np.int8),
-                           "kind": ["genome"] * len(batch), "canary": [""] * len(batch),
-                           "group": [""] * len(batch)},
-                          {"seq": [r[4] for r in batch]})
+        def write(rows: list[Row]) -> None:
+            writer.append({"id": [r[0] for r in rows], "source": [r[1] for r in rows],
+                           "start": np.array([r[2] for r in rows], np.int64),
+                           "strand": np.array([r[3] for r in rows], np.int8),
+                           "kind": ["genome"] * len(rows), "canary": [""] * len(rows),
+                           "group": [""] * len(rows)},
+                          {"seq": [r[4] for r in rows]})
             if on_rows is not None:
-                on_rows(len(batch), sum(r[4].size for r in batch))
-            batch.clear()
+                on_rows(len(rows), sum(r[4].size for r in rows))
+
+        def flush(final: bool = False) -> None:
+            while len(batch) >= batch_rows or (final and batch):
+                write(batch[:batch_rows])
+                del batch[:batch_rows]
 
         seen = 0
         for rows in iter_windows(path, spec, stats, indexed=indexed, regions=regions):
@@ -583,17 +585,16 @@ def window_to_store(path: str | os.PathLike, out: str | os.PathLike, spec: Windo
                 continue
             batch.extend(rows[max(skip - seen, 0):])
             seen += len(rows)
-            if len(batch) >= batch_rows:
-                flush()
-        flush()
+            flush()
+        flush(final=True)
         if stats.rows == 0:
             raise ConfigError(
                 f"{path}: no windows of length {spec.length} ({stats.fasta.records} records, "
                 f"{stats.fasta.bases:,} bases, {stats.dropped_n} dropped for N > {spec.max_n_fraction}, "
                 f"{stats.partial_dropped} partial); use a shorter --length or --keep-partial")
         if seen < skip:
-            raise StoreError(f"{writer.tmp} has more rows ({skip}) than this input gives ({seen}); "
-                             "remove it and run again")
+            raise StoreError(f"{writer.tmp} had more rows ({skip}) than this input gives ({seen}) and "
+                             "was removed; run again")
         summary = stats.to_dict()
         summary["resumed_rows"] = skip
         prov["counts"] = {k: v for k, v in summary.items() if k != "resumed_rows"}
