@@ -1,0 +1,98 @@
+"""Perplexity detection: closed forms for z, p-values, calibrated threshold, TPR, modes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from glmjax.audit import perplexity as P
+from glmjax.errors import ConfigError, StoreError
+
+
+def test_log_perplexity_and_perplexity():
+    s = np.array([-10.0, -3.0])
+    n = np.array([5, 3])
+    np.testing.assert_allclose(P.log_perplexity(s, n), [2.0, 1.0])
+    np.testing.assert_allclose(P.perplexity(s, n), [math.e**2, math.e])
+    with pytest.raises(ConfigError, match="no scored token"):
+        P.log_perplexity(s, np.array([5, 0]))
+
+
+def test_z_and_p_values_closed_form():
+    nm = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    q = np.array([0.5, 3.0, 6.0])
+    sd = np.std(nm, ddof=1)
+    np.testing.assert_allclose(P.z_scores(q, nm), (3.0 - q) / sd)
+    # (1 + #{nm <= x}) / 6: 0.5 -> 1/6, 3.0 -> 4/6, 6.0 -> 6/6
+    np.testing.assert_allclose(P.empirical_p_values(q, nm), [1 / 6, 4 / 6, 1.0])
+
+
+def test_p_values_are_valid_under_the_null():
+    # A query drawn from the non-member distribution has P[p <= a] <= a.
+    rng = np.random.default_rng(0)
+    ps = []
+    for _ in range(400):
+        x = rng.normal(size=50)
+        ps.append(P.empirical_p_values(x[:1], x[1:])[0])
+    ps = np.array(ps)
+    for a in (0.05, 0.1, 0.5):
+        assert (ps <= a).mean() <= a + 3 * math.sqrt(a * (1 - a) / ps.size)
+
+
+@pytest.mark.parametrize("fpr", [0.0, 0.01, 0.05, 0.29, 1.0])
+def test_calibrated_threshold_never_exceeds_target(fpr):
+    rng = np.random.default_rng(1)
+    nm = np.round(rng.normal(size=100), 1)  # ties
+    t, realised = P.calibrate_threshold(nm, fpr)
+    assert realised == (nm < t).mean()
+    assert realised <= fpr
+    # Largest admissible: the next distinct value would exceed the target.
+    above = np.sort(nm[nm >= t])
+    if above.size:
+        assert (nm <= above[0]).mean() > fpr
+
+
+def test_detect_tpr_by_repetition_and_reference():
+    rng = np.random.default_rng(2)
+    nm = rng.normal(3.0, 0.2, 1000)
+    reps = np.repeat([1, 10, 100], 50)
+    shift = np.repeat([0.0, 0.4, 2.0], 50)
+    can = rng.normal(3.0, 0.2, 150) - shift
+    res = P.detect({"canaries": can}, nm, mode="causal", fpr=0.01, repetitions={"canaries": reps})
+    t = np.sort(nm)[10]
+    assert res.threshold == t and res.realised_fpr == 0.01
+    g = res.groups["canaries"]
+    assert g.tpr == pytest.approx((can < t).mean())
+    by = {r["repetitions"]: r for r in g.by_repetition}
+    for r, sl in ((1, slice(0, 50)), (10, slice(50, 100)), (100, slice(100, 150))):
+        assert by[r]["tpr"] == pytest.approx((can[sl] < t).mean())
+        assert by[r]["z_mean"] == pytest.approx(((nm.mean() - can[sl]) / nm.std(ddof=1)).mean())
+    assert by[100]["tpr"] == 1.0 and by[1]["tpr"] < 0.1
+    # A reference model that finds the canaries just as easy removes the signal.
+    ref = {"canaries": can - rng.normal(3.0, 0.2, 150)}
+    ref_nm = nm - rng.normal(3.0, 0.2, 1000)
+    res2 = P.detect({"canaries": can}, nm, mode="causal", reference_queries=ref,
+                    reference_nonmember=ref_nm, reference_mode="causal")
+    assert res2.reference is not None and res2.reference.statistic == "log_perplexity_ratio"
+    diff_t = np.sort(nm - ref_nm)[10]
+    assert res2.reference.threshold == diff_t
+    assert res2.reference.groups["canaries"].tpr == pytest.approx((can - ref["canaries"] < diff_t).mean())
+    assert res2.reference.groups["canaries"].tpr < 0.05
+    d = res2.to_dict()
+    assert d["mode"] == "causal" and d["reference"]["groups"]["canaries"]["n"] == 150
+
+
+def test_modes_are_never_mixed():
+    nm = np.arange(10.0)
+    with pytest.raises(StoreError, match="same mode"):
+        P.detect({"m": nm}, nm, mode="pll-exact", reference_queries={"m": nm},
+                 reference_nonmember=nm, reference_mode="causal")
+    with pytest.raises(StoreError, match="same mode"):
+        P.check_same_mode(("a", "pll-strided", {"k": 4}), ("b", "pll-strided", {"k": 8}))
+    with pytest.raises(StoreError, match="unknown scoring mode"):
+        P.detect({"m": nm}, nm, mode="pll")
+    mode, params = P.check_same_mode(("a", "pll-random", {"k": 8, "fraction": 0.15, "seed": 0}),
+                                     ("b", "pll-random", {"k": 8, "fraction": 0.15, "seed": 0}))
+    assert mode == "pll-random" and params["k"] == 8
