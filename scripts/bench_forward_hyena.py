@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+# JAX and PyTorch share the GPU in this run: JAX must not reserve most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -121,6 +125,7 @@ def make_models(preset: str, dtype: str, seed: int):
 
 def bench_case(preset: str, length: int, batch: int, dtype: str, args, device: torch.device,
                copy_bw: float) -> dict:
+    """Time glmjax and the PyTorch peer on one shape and dtype; one JSON row (times in seconds)."""
     cfg, module, peer = make_models(preset, dtype, args.seed)
     rng = np.random.default_rng(args.seed)
     ids_np = rng.integers(7, 11, size=(batch, length), dtype=np.int32)
@@ -194,6 +199,7 @@ def bench_case(preset: str, length: int, batch: int, dtype: str, args, device: t
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark (``argv`` as on the command line); prints and returns the JSON report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=None, help=f"preset:length:batch,... (default {DEFAULT_CASES})")
     ap.add_argument("--dtypes", default="float32,bfloat16")

@@ -165,6 +165,13 @@ def test_incremental_decoding_matches_forward(gmodel, gjit, gcase):
     np.testing.assert_allclose(np.stack(outs, 1), full, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(np.asarray(cache["pos"]), [40, 40, 40])
 
+    # an empty prefill is the empty cache
+    logits, empty = gmodel.module.prefill(jnp.zeros((3, 0), jnp.int32), MAX_LEN)
+    assert logits.shape == (3, 0, 16)
+    for a, b in zip(jax.tree_util.tree_leaves(empty), jax.tree_util.tree_leaves(
+            gmodel.module.init_cache(3, MAX_LEN)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     # prefill over a prefix, then steps, gives the same
     logits, cache = gjit.prefill(ids[:, :25], MAX_LEN)
     np.testing.assert_allclose(np.asarray(jax.nn.log_softmax(logits, -1)), full[:, :25], atol=1e-5, rtol=0)

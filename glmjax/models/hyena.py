@@ -128,6 +128,7 @@ class HyenaConfig:
 
     @property
     def compute_dtype(self):
+        """The compute dtype as a numpy/jax dtype."""
         return jnp.dtype(self.dtype)
 
     @classmethod
@@ -171,10 +172,12 @@ class HyenaConfig:
             raise ConfigError(f"HyenaDNA config.json has an invalid value ({e})") from None
 
     def to_dict(self) -> dict:
+        """Plain dict of the fields (glmjax's own checkpoints)."""
         return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> HyenaConfig:
+        """Inverse of :meth:`to_dict` (unknown keys ignored)."""
         return config_from_dict(cls, d)
 
 
@@ -316,12 +319,15 @@ class HyenaOperator(nnx.Module):
 
 
 class Mlp(nnx.Module):
+    """``fc2(gelu_tanh(fc1(x)))``."""
+
     def __init__(self, cfg: HyenaConfig, rngs: nnx.Rngs):
         cdt = cfg.compute_dtype
         self.fc1 = _linear(cfg.d_model, cfg.d_inner, cfg, rngs, dtype=cdt)
         self.fc2 = _linear(cfg.d_inner, cfg.d_model, cfg, rngs, dtype=cdt)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """``[..., d]`` -> ``[..., d]`` in the compute dtype."""
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
 
 
@@ -339,6 +345,7 @@ class HyenaBlock(nnx.Module):
         self.mlp = Mlp(cfg, rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """float32 ``x [B, L, d]`` -> (float32 ``[B, L, d]``, the mixer's ``in_proj`` output and gated ``v``)."""
         h, u, v = self.mixer(self.norm1(x))
         r = x + h.astype(jnp.float32)
         return r + self.mlp(self.norm2(r)).astype(jnp.float32), u, v
@@ -461,6 +468,8 @@ class HyenaDNA(nnx.Module):
         if length > max_len:
             raise ConfigError(f"prefix of {length} tokens does not fit a decoding cache of {max_len}")
         cache = self.init_cache(b, max_len)
+        if length == 0:
+            return jnp.zeros((b, 0, self.config.padded_vocab_size), jnp.float32), cache
         logits, aux = self._forward(input_ids)
         width = self.config.short_filter_order - 1
         conv, hist = [], []

@@ -120,6 +120,8 @@ class ImplicitFilter(nn.Module):
 
 
 class HyenaMixer(nn.Module):
+    """Order-2 Hyena operator on ``[B, L, d]`` inputs."""
+
     def __init__(self, cfg: HyenaTorchConfig):
         super().__init__()
         d = cfg.d_model
@@ -140,6 +142,8 @@ class HyenaMixer(nn.Module):
 
 
 class HyenaMlp(nn.Module):
+    """``fc2(gelu_tanh(fc1(x)))``."""
+
     def __init__(self, cfg: HyenaTorchConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_inner)
@@ -150,6 +154,8 @@ class HyenaMlp(nn.Module):
 
 
 class HyenaBlock(nn.Module):
+    """Pre-norm block; the residual is carried in float32."""
+
     def __init__(self, cfg: HyenaTorchConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model)  # default eps, whatever the config says
@@ -164,12 +170,16 @@ class HyenaBlock(nn.Module):
 
 
 class Embeddings(nn.Module):
+    """Token embeddings (rows padded to a multiple of ``pad_vocab_size_multiple``)."""
+
     def __init__(self, cfg: HyenaTorchConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
 
 
 class Backbone(nn.Module):
+    """Embeddings, blocks and ``ln_f``: ``input_ids [B, L] -> hidden [B, L, d]``."""
+
     def __init__(self, cfg: HyenaTorchConfig):
         super().__init__()
         self.embeddings = Embeddings(cfg)
@@ -184,6 +194,8 @@ class Backbone(nn.Module):
 
 
 class _Wrapper(nn.Module):
+    """Holds the backbone under the published ``hyena.`` prefix."""
+
     def __init__(self, cfg: HyenaTorchConfig):
         super().__init__()
         self.backbone = Backbone(cfg)
