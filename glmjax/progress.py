@@ -47,7 +47,9 @@ def progress(description: str, total: int | None = None, unit: str = "seq"):
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+    # An unknown total (streamed input) shows the count alone; formatting None with "," would fail.
+    count = "{task.completed:,}/{task.total:,}" if total is not None else "{task.completed:,}"
+    cols = [TextColumn("{task.description}"), BarColumn(), TextColumn(count),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*cols, transient=False) as prog:
         task = prog.add_task(description, total=total, rate="")

@@ -178,7 +178,8 @@ class TableWriter:
                 else np.asarray([str(x) for x in columns[name]], dtype=object)
         for name in self.ragged:
             g = self.f["ragged"][name]
-            parts = [np.asarray(a, dtype=g["values"].dtype).ravel() for a in ragged[name]]
+            vdtype = g["values"].dtype  # looked up once: an h5py lookup per row dominated large batches
+            parts = [np.asarray(a, dtype=vdtype).ravel() for a in ragged[name]]
             lens = np.fromiter((p.size for p in parts), dtype=np.int64, count=n)
             base = int(g["offsets"][start])
             offs = base + np.cumsum(lens)
