@@ -185,7 +185,8 @@ def bench_case(preset: str, length: int, batch: int, dtype: str, args, device: t
         ours["bytes_per_s"] = nbytes / ours_med
         ours["fraction_of_copy_bandwidth"] = nbytes / ours_med / copy_bw
     row = {"preset": preset, "length": length, "batch": batch, "tokens": tokens, "dtype": dtype,
-           "fft": "float32", "d_model": cfg.d_model, "n_layer": cfg.n_layer, "glmjax": ours,
+           "fft": "float32", "jax_matmul_precision": precision,
+           "torch_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32), "d_model": cfg.d_model, "n_layer": cfg.n_layer, "glmjax": ours,
            "torch": results}
     eager = results.get("eager", {})
     if "tokens_per_s" in eager:
