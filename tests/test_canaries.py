@@ -345,3 +345,14 @@ def test_schedule_and_manifest_errors(tmp_path):
         cn.load_manifest(tmp_path / "y.json")
     with pytest.raises(InputFileError, match="no such file"):
         cn.load_manifest(tmp_path / "z.json")
+
+
+def test_plant_does_not_copy_a_split(tmp_path, planted_inputs):
+    from glmjax.data.splits import split_store
+
+    store, mpath = planted_inputs
+    split_store(store, 0.5, seed=1)
+    r = cn.plant(store, mpath, tmp_path / "p.h5", [1], seed=1)
+    assert r.summary["input_split_dropped"] is True
+    with SequenceStore(r.store) as st:
+        assert not st.has_split  # planted rows change membership: the split must be made again

@@ -165,6 +165,7 @@ def assert_rows_equal(got, want):
 
 @pytest.mark.parametrize("spec", [
     WindowSpec(10), WindowSpec(10, stride=3), WindowSpec(10, stride=25), WindowSpec(10, rc=True),
+    WindowSpec(10, stride=25, keep_partial=True), WindowSpec(10, stride=10, keep_partial=True),
     WindowSpec(7, stride=4, keep_partial=True), WindowSpec(40, keep_partial=True, rc=True),
     WindowSpec(10, max_n_fraction=0.0), WindowSpec(10, max_n_fraction=1.0, keep_partial=True),
     WindowSpec(1000, keep_partial=True),

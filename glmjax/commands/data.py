@@ -205,6 +205,8 @@ def cmd_plant(args: argparse.Namespace) -> int:
         "canaries per repetition": ", ".join(f"{k}x: {v}" for k, v in s["canaries_per_repetition"].items()),
         "rows": f"{s['input_rows']:,} -> {s['output_rows']:,}", "manifest sha256": r.manifest_sha256,
         "seconds": round(time.perf_counter() - t0, 2)})
+    if s["input_split_dropped"]:
+        print(f"  note: the split of {args.store} was not copied; run `glmjax data split {r.store}`")
     return 0
 
 

@@ -593,6 +593,7 @@ def plant(store_path: str | os.PathLike, manifest_path: str | os.PathLike, out: 
             "controls": len(entries) - n, "copies": copies,
             "canaries_per_repetition": {str(k): per_rep[k] for k in sorted(per_rep)},
             "input_rows": n_rows, "output_rows": n_rows + (copies if mode == "standalone" else 0),
+            "input_split_dropped": store.has_split,
         }
         manifest["planting"] = {**summary, "store": {"path": str(store_path), "sha256": store_sha},
                                 "output": str(out), "manifest": str(manifest_out)}
