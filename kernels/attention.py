@@ -23,7 +23,7 @@ def choose_implementation(dtype, requested: str | None = None) -> str:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array | None = None,
               bias: jax.Array | None = None, causal: bool = False, scale: float | None = None,
-              implementation: str | None = None) -> jax.Array:
+              implementation: str | None = None, key_lengths: jax.Array | None = None) -> jax.Array:
     """Multi-head attention over ``[B, L, H, D]`` inputs; returns ``[B, L, H, D]``.
 
     Args:
@@ -34,19 +34,34 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
       causal: apply a causal mask (query i attends to keys <= i).
       scale: logits scale (default ``D ** -0.5``).
       implementation: force ``"xla"`` or ``"cudnn"``; default chooses by backend and dtype.
+      key_lengths: optional int ``[B]``: the caller guarantees that ``key_mask`` is a prefix mask
+        (right padding: the first ``key_lengths[b]`` keys are valid). cuDNN then masks by sequence
+        length instead of an additive bias (no ``[B, 1, Lq, Lk]`` bias is read per head); the XLA
+        path keeps using ``key_mask`` (or builds it from the lengths when no mask is given).
     """
     impl = choose_implementation(q.dtype, implementation)
+    if key_mask is None and key_lengths is not None:
+        key_mask = jnp.arange(k.shape[1])[None, :] < key_lengths[:, None]
     mask = None
     if key_mask is not None:
         mask = key_mask[:, None, None, :].astype(bool)
     if bias is not None:
         bias = bias.astype(q.dtype)
-    if impl == "cudnn" and mask is not None:
-        # cuDNN takes the padding mask as per-sequence lengths only for right padding; a boolean
-        # mask is folded into the bias instead, which cuDNN supports for every layout.
-        neg = jnp.asarray(jnp.finfo(q.dtype).min / 2, q.dtype)
-        mbias = jnp.where(mask, jnp.zeros((), q.dtype), neg)
-        bias = mbias if bias is None else bias + mbias
-        mask = None
+    if impl == "cudnn":
+        lengths = None
+        if key_lengths is not None:
+            lengths = key_lengths.astype(jnp.int32)
+        elif mask is not None:
+            # cuDNN takes the padding mask as per-sequence lengths only for right padding; a
+            # general boolean mask is folded into the bias instead.
+            neg = jnp.asarray(jnp.finfo(q.dtype).min / 2, q.dtype)
+            mbias = jnp.where(mask, jnp.zeros((), q.dtype), neg)
+            bias = mbias if bias is None else bias + mbias
+        if bias is not None:
+            # cuDNN requires the bias to span the full [Lq, Lk] logits (batch/head may broadcast).
+            bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+            bias = jnp.broadcast_to(bias, (*bias.shape[:2], q.shape[1], k.shape[1]))
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=causal,
+                                            key_value_seq_lengths=lengths, implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=causal,
                                         implementation=impl)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
-from glmjax.errors import CheckpointError, ConfigError
+from glmjax.errors import CheckpointError, ConfigError, GlmjaxError
 from glmjax.models.base import FamilySpec, LoadedModel
 from glmjax.models.checkpoints import (
     fill_module,
@@ -113,8 +114,7 @@ def load(path: str | Path, trust_pickle: bool = False, dtype: Any = None) -> Loa
         meta = read_glmjax_meta(path)
         cfg = spec.config_cls.from_dict(meta["config"])
         cfg = _with_dtype(cfg, dtype)
-        module = spec.build(cfg, nnx.Rngs(0))
-        restore_glmjax_state(path, module)
+        module = _filled_module(spec, cfg, lambda m: restore_glmjax_state(path, m))
         return LoadedModel(spec, cfg, module, spec.tokenizer(cfg, path), source=str(path))
     if (path / "config.json").exists():
         cfg = spec.config_cls.from_hf(read_config_json(path))
@@ -124,9 +124,33 @@ def load(path: str | Path, trust_pickle: bool = False, dtype: Any = None) -> Loa
     else:
         cfg, flat = spec.load_dir(path, trust_pickle)
         cfg = _with_dtype(cfg, dtype)
-    module = spec.build(cfg, nnx.Rngs(0))
-    fill_module(module, flat, origin=str(path))
+    module = _filled_module(spec, cfg, lambda m: fill_module(m, flat, origin=str(path)))
     return LoadedModel(spec, cfg, module, spec.tokenizer(cfg, path), source=str(path))
+
+
+def _filled_module(spec: FamilySpec, cfg: Any, fill: Callable[[nnx.Module], None]) -> nnx.Module:
+    """The family's module for ``cfg`` with its parameters set by ``fill(module)``.
+
+    The module is built abstractly first (``nnx.eval_shape``): a random initialisation that the
+    checkpoint overwrites anyway costs minutes and twice the memory for billions of parameters. If
+    anything besides the parameters is still abstract after filling (e.g. buffers computed at
+    construction), or the family cannot be traced, it is built concretely instead.
+    """
+    import jax
+
+    try:
+        module = nnx.eval_shape(lambda: spec.build(cfg, nnx.Rngs(0)))
+    except GlmjaxError:
+        raise
+    except Exception:  # noqa: BLE001 - any tracing failure only means: build it concretely
+        module = None
+    if module is not None:
+        fill(module)
+        if not any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(nnx.state(module))):
+            return module
+    module = spec.build(cfg, nnx.Rngs(0))
+    fill(module)
+    return module
 
 
 def save(model: LoadedModel, path: str | Path, overwrite: bool = False, extra: dict | None = None) -> Path:

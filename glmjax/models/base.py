@@ -56,6 +56,8 @@ class FamilySpec:
       detect_dir / load_dir: for checkpoint folders that are not HF snapshots (e.g. the official
         NT JAX checkpoint): ``detect_dir(path) -> bool`` and
         ``load_dir(path, trust_pickle) -> (config, flat NNX params)``.
+      config_dir: optional ``(path) -> config`` for such folders, read without loading weights
+        (``glmjax models info`` uses it; a pickle is never opened for it).
     """
 
     name: str
@@ -70,6 +72,7 @@ class FamilySpec:
     lora_targets: tuple[str, ...] = ()
     detect_dir: Callable[[Path], bool] | None = None
     load_dir: Callable[[Path, bool], tuple[Any, dict]] | None = None
+    config_dir: Callable[[Path], Any] | None = None
 
 
 class LoadedModel:
