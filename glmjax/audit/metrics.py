@@ -426,7 +426,7 @@ def epsilon_lower_bound_from_scores(labels: np.ndarray, scores: np.ndarray, *,
                                     seed: int = 0) -> EpsilonBound:
     """ε lower bound from attack scores with a held-out threshold choice.
 
-    A random half of each class (seeded) picks, for every FPR target, the lowest threshold whose
+    A random half of each class (seeded, stratified) picks, for every FPR target, the lowest threshold whose
     FPR on that half is <= the target; the other half gives the counts for
     :func:`epsilon_lower_bound`. With T targets each test runs at α / T (Bonferroni) so the
     maximum over targets still holds at confidence 1 - α.
@@ -439,12 +439,16 @@ def epsilon_lower_bound_from_scores(labels: np.ndarray, scores: np.ndarray, *,
       :class:`EpsilonBound` with per-target details.
     """
     labels, scores = _labels_scores(labels, scores)
-    rng = np.random.default_rng(seed)
-    select = rng.random(labels.size) < 0.5
+    if min(int(labels.sum()), int((~labels).sum())) < 2:
+        raise ConfigError("an ε lower bound needs at least 2 members and 2 non-members")
+    # Stratified split; the salt keeps the split independent of streams the caller seeded alike.
+    rng = np.random.default_rng([seed, 0x5E1EC7])
+    select = np.zeros(labels.size, dtype=bool)
+    for cls in (labels, ~labels):
+        idx = rng.permutation(np.flatnonzero(cls))
+        select[idx[: idx.size // 2]] = True
     fit_l, fit_s = labels[select], scores[select]
     ev_l, ev_s = labels[~select], scores[~select]
-    if fit_l.all() or not fit_l.any() or ev_l.all() or not ev_l.any():
-        raise ConfigError("too few members or non-members to split for an ε lower bound")
     fpr, _, thr = roc_curve(fit_l, fit_s)
     per_test = alpha / max(len(fpr_targets), 1)
     best = 0.0

@@ -1,0 +1,590 @@
+"""Audit reports: report.json (every number, configuration, provenance), one self-contained
+report.html (plots embedded as base64 PNG), and a terminal summary table.
+
+The caller fills an :class:`AuditResult` with plain numpy/Python data — log-perplexities per
+group, per-canary exposure records, membership-attack scores with labels — and
+:func:`evaluate` turns it into the report dict (schema in :mod:`glmjax.audit.schema`,
+docs/report-schema.md): metrics with bootstrap intervals, perplexity detection, per-repetition
+summaries, ε lower bounds and the risk summary. :func:`write_report` writes both files through
+a temporary name. Raw canary secrets appear only with ``reveal=True``; otherwise canaries are
+named by id and the SHA-256 of their secret, and no sequence is ever written.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glmjax import __version__
+from glmjax.audit import metrics as M
+from glmjax.audit import risk as R
+from glmjax.audit.exposure import ExposureEstimate, summarise_by_repetition
+from glmjax.audit.perplexity import check_same_mode, detect
+from glmjax.audit.schema import SCHEMA, SCHEMA_VERSION, validate_report
+from glmjax.errors import ConfigError
+
+
+def secret_sha256(secret: str) -> str:
+    """Hex SHA-256 of a secret's uppercase ASCII text (how reports name secrets)."""
+    return hashlib.sha256(secret.upper().encode("ascii")).hexdigest()
+
+
+@dataclass
+class CanaryResult:
+    """Extraction/exposure outcome of one planted canary.
+
+    Attributes:
+      id: canary id from the manifest. repetitions: times it was planted in the training data.
+      exposure: bits; exposure_ci: (low, high) interval (equal to the point for exact exposure).
+      extracted: whether greedy/beam decoding from the prefix reproduced the secret exactly.
+      n_candidates: |R|, the size of the candidate secret space (4^k for k random bases).
+      secret_sha256: hash of the secret; secret: the raw secret, written only with reveal.
+      exposure_method: "exact" (full enumeration) or "skewnorm" (sampled extrapolation).
+      log_perplexity: the canary's log-perplexity under the target model, when known.
+    """
+
+    id: str
+    repetitions: int
+    exposure: float
+    exposure_ci: tuple[float, float]
+    extracted: bool
+    n_candidates: int
+    secret_sha256: str
+    exposure_method: str = "exact"
+    secret: str | None = None
+    log_perplexity: float | None = None
+
+    @classmethod
+    def from_estimate(cls, id: str, repetitions: int, estimate: ExposureEstimate, extracted: bool,
+                      secret: str, log_perplexity: float | None = None) -> CanaryResult:
+        """Build from an :class:`~glmjax.audit.exposure.ExposureEstimate` and the secret text."""
+        if estimate.n_candidates is None:
+            raise ConfigError(f"canary {id}: the exposure estimate needs the candidate-space size")
+        return cls(id, int(repetitions), float(estimate.exposure), tuple(estimate.ci), bool(extracted),
+                   int(estimate.n_candidates), secret_sha256(secret), estimate.method, secret, log_perplexity)
+
+
+@dataclass
+class AuditResult:
+    """Everything a report needs, as plain data. Any vector may be left out (None / empty).
+
+    Attributes:
+      mode, mode_params: scoring mode of every target score below (see ScoreStore ``mode``).
+      config: the audit configuration (options, thresholds) — copied into the report.
+      provenance: model / data / seed / command provenance — copied into the report.
+      member_log_ppl, nonmember_log_ppl: float [.] per-sequence log-perplexities (detection, plots).
+      canaries: per-canary outcomes (extraction vector); canary_log_ppl aligned with them (or
+        each canary's ``log_perplexity``) adds the canaries as a detection group.
+      reference_*: the same sequences under a reference model in ``reference_mode``.
+      mia_scores: attack name -> float [N] scores (higher = member), mia_labels: bool [N].
+      one_run: optional (scores [m], included [m]) of canaries inserted with probability 1/2 for
+        the one-run ε audit.
+    """
+
+    mode: str
+    mode_params: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    member_log_ppl: np.ndarray | None = None
+    nonmember_log_ppl: np.ndarray | None = None
+    canaries: list[CanaryResult] = field(default_factory=list)
+    canary_log_ppl: np.ndarray | None = None
+    reference_mode: str | None = None
+    reference_mode_params: dict | None = None
+    reference_member_log_ppl: np.ndarray | None = None
+    reference_nonmember_log_ppl: np.ndarray | None = None
+    reference_canary_log_ppl: np.ndarray | None = None
+    mia_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    mia_labels: np.ndarray | None = None
+    one_run: tuple[np.ndarray, np.ndarray] | None = None
+    fpr_targets: Sequence[float] = (0.001, 0.01)
+    detection_fpr: float = 0.01
+    n_bootstrap: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+    epsilon_delta: float = 1e-5
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays to Python, NaN and infinities to null."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    return x
+
+
+def _histograms(groups: Mapping[str, np.ndarray | None], bins: int = 60) -> dict | None:
+    """Shared-bin histograms of the available groups (counts only, never values)."""
+    present = {k: np.asarray(v, np.float64) for k, v in groups.items() if v is not None and np.size(v)}
+    if not present:
+        return None
+    allv = np.concatenate([v[np.isfinite(v)] for v in present.values()])
+    lo, hi = np.quantile(allv, [0.001, 0.999]) if allv.size > 1000 else (allv.min(), allv.max())
+    for v in present.values():  # keep every canary visible even if it lies in the extreme tail
+        if v.size <= 1000:
+            lo, hi = min(lo, v.min()), max(hi, v.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    return {"edges": edges.tolist(),
+            "counts": {k: np.histogram(np.clip(v, lo, hi), edges)[0].tolist() for k, v in present.items()},
+            "n": {k: int(v.size) for k, v in present.items()}}
+
+
+def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
+    """Compute every number of the report from an :class:`AuditResult`.
+
+    Args:
+      result: the audit inputs.
+      reveal: include raw canary secrets (they are otherwise replaced by their SHA-256).
+
+    Returns:
+      The report dict, validated against the schema.
+    """
+    mode, mode_params = check_same_mode(("target scores", result.mode, result.mode_params))
+    fpr_targets = tuple(sorted(set(float(f) for f in result.fpr_targets) | {0.001, R.MIA_FPR}))
+    vectors: dict[str, float | None] = {}
+    sources: dict[str, str] = {}
+
+    # --- detection
+    can_ppl = result.canary_log_ppl
+    if can_ppl is None and result.canaries and all(c.log_perplexity is not None for c in result.canaries):
+        can_ppl = np.array([c.log_perplexity for c in result.canaries])
+    detection = None
+    if result.nonmember_log_ppl is not None and (result.member_log_ppl is not None or can_ppl is not None):
+        queries, reps, ref_q = {}, {}, {}
+        if result.member_log_ppl is not None:
+            queries["members"] = result.member_log_ppl
+            ref_q["members"] = result.reference_member_log_ppl
+        if can_ppl is not None:
+            if len(can_ppl) != len(result.canaries):
+                raise ConfigError(f"{len(can_ppl)} canary log-perplexities for {len(result.canaries)} canaries")
+            queries["canaries"] = can_ppl
+            reps["canaries"] = np.array([c.repetitions for c in result.canaries])
+            ref_q["canaries"] = result.reference_canary_log_ppl
+        use_ref = result.reference_nonmember_log_ppl is not None and all(v is not None for v in ref_q.values())
+        det = detect(queries, result.nonmember_log_ppl, mode=mode, mode_params=mode_params,
+                     fpr=result.detection_fpr, repetitions=reps,
+                     reference_queries=ref_q if use_ref else None,
+                     reference_nonmember=result.reference_nonmember_log_ppl if use_ref else None,
+                     reference_mode=result.reference_mode if use_ref else None,
+                     reference_mode_params=result.reference_mode_params if use_ref else None)
+        detection = det.to_dict()
+        vectors["detection"], sources["detection"] = R.detection_risk_from(det)
+
+    # --- extraction / exposure
+    canaries = []
+    extraction = None
+    if result.canaries:
+        for c in result.canaries:
+            entry = {"id": c.id, "sha256": c.secret_sha256, "repetitions": int(c.repetitions),
+                     "exposure": float(c.exposure), "exposure_ci": [float(c.exposure_ci[0]), float(c.exposure_ci[1])],
+                     "exposure_method": c.exposure_method, "n_candidates": int(c.n_candidates),
+                     "extracted": bool(c.extracted), "log2_candidates": math.log2(c.n_candidates),
+                     "log_perplexity": c.log_perplexity}
+            if reveal and c.secret is not None:
+                entry["secret"] = c.secret
+            canaries.append(entry)
+        exp = np.array([c["exposure"] for c in canaries])
+        lr = np.array([c["log2_candidates"] for c in canaries])
+        ext = np.array([c["extracted"] for c in canaries])
+        vectors["extraction"] = R.extraction_risk(ext, exp, lr)
+        frac, norm = float(ext.mean()), float(np.clip(exp / lr, 0, 1).mean())
+        sources["extraction"] = "fraction_extracted" if frac >= norm else "normalised_exposure"
+        extraction = {
+            "n_canaries": len(canaries), "fraction_extracted": frac, "mean_normalised_exposure": norm,
+            "by_repetition": summarise_by_repetition(
+                [c["repetitions"] for c in canaries],
+                {"exposure": exp, "extracted": ext.astype(float), "normalised_exposure": np.clip(exp / lr, 0, 1)}),
+        }
+
+    # --- membership inference
+    mia = None
+    if result.mia_scores:
+        if result.mia_labels is None:
+            raise ConfigError("membership-attack scores need labels (True = member)")
+        attacks: dict[str, M.AttackMetrics] = {}
+        for i, (name, s) in enumerate(sorted(result.mia_scores.items())):
+            attacks[name] = M.evaluate_attack(result.mia_labels, s, n_bootstrap=result.n_bootstrap,
+                                              seed=result.seed + i, confidence=result.confidence,
+                                              fpr_targets=fpr_targets)
+        vectors["mia"], best = R.mia_risk({k: (a.tpr_at_fpr[R.MIA_FPR], a.advantage) for k, a in attacks.items()})
+        sources["mia"] = best
+        eps = M.epsilon_lower_bound_from_scores(result.mia_labels, result.mia_scores[best],
+                                                fpr_targets=fpr_targets, delta=result.epsilon_delta,
+                                                alpha=1.0 - result.confidence, seed=result.seed)
+        mia = {"fpr_targets": list(fpr_targets), "attacks": {k: a.to_dict() for k, a in attacks.items()},
+               "strongest_attack": best, "epsilon": {"attack": best, **eps.to_dict()}}
+        if result.one_run is not None:
+            s1, inc = result.one_run
+            m = len(s1)
+            grid = sorted({(k, k) for k in (m // 20, m // 10, m // 5) if k > 0} | {(m // 10, 0)} - {(0, 0)})
+            one = M.one_run_epsilon_search(s1, inc, grid, delta=result.epsilon_delta,
+                                           beta=1.0 - result.confidence)
+            mia["one_run_epsilon"] = one.to_dict()
+
+    summary = R.summarise(vectors, sources)
+    hist = _histograms({"members": result.member_log_ppl, "nonmembers": result.nonmember_log_ppl,
+                        "canaries": can_ppl})
+    report = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reveal": bool(reveal),
+        "config": {**result.config, "fpr_targets": list(fpr_targets), "detection_fpr": result.detection_fpr,
+                   "n_bootstrap": result.n_bootstrap, "confidence": result.confidence, "seed": result.seed,
+                   "epsilon_delta": result.epsilon_delta},
+        "provenance": {"glmjax_version": __version__, **result.provenance},
+        "scoring": {"mode": mode, "mode_params": mode_params},
+        "risk": summary.to_dict(),
+        "detection": detection,
+        "canaries": canaries,
+        "extraction": extraction,
+        "mia": mia,
+        "histograms": {"log_perplexity": hist},
+    }
+    report = _clean(report)
+    validate_report(report)
+    return report
+
+
+# ------------------------------------------------------------------ plots
+
+_BAND_COLOURS = {"low": "#2e7d32", "medium": "#ef6c00", "high": "#c62828"}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(report: dict) -> list[tuple[str, str]]:
+    """(title, base64 PNG) for every plot the report's data allow."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out = []
+    risk = report["risk"]
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    names = list(risk["vectors"])
+    vals = [risk["vectors"][k] for k in names]
+    ax.axvspan(0, 0.1, color=_BAND_COLOURS["low"], alpha=0.12)
+    ax.axvspan(0.1, 0.3, color=_BAND_COLOURS["medium"], alpha=0.12)
+    ax.axvspan(0.3, 1.0, color=_BAND_COLOURS["high"], alpha=0.12)
+    ax.barh(names, vals, color=[_BAND_COLOURS[R.band(v)] for v in vals])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("risk")
+    ax.set_title(f"worst case {risk['worst_case']:.3f} ({risk['band']}, set by {risk['worst_vector']})")
+    out.append(("Risk summary", _png(fig)))
+
+    mia = report.get("mia")
+    if mia:
+        for log in (False, True):
+            fig, ax = plt.subplots(figsize=(5.2, 4.6))
+            for name, a in sorted(mia["attacks"].items(), key=lambda kv: -kv[1]["auc"]):
+                f, t = np.array(a["roc"]["fpr"], float), np.array(a["roc"]["tpr"], float)
+                if log:
+                    keep = f > 0
+                    ax.step(f[keep], np.maximum(t[keep], 1e-5), where="post", label=f"{name} (AUC {a['auc']:.3f})")
+                else:
+                    ax.step(f, t, where="post", label=f"{name} (AUC {a['auc']:.3f})")
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                lo = min(min((x for x in a["roc"]["fpr"] if x and x > 0), default=1e-3)
+                         for a in mia["attacks"].values())
+                ax.plot([lo, 1], [lo, 1], "k:", lw=0.8)
+                ax.set_xlim(lo, 1)
+                ax.set_ylim(lo, 1.05)
+            else:
+                ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax.set_xlabel("false-positive rate")
+            ax.set_ylabel("true-positive rate")
+            ax.legend(fontsize=7, loc="lower right")
+            ax.set_title("ROC, log scale" if log else "ROC")
+            out.append(("Membership inference: ROC (log scale)" if log else "Membership inference: ROC",
+                        _png(fig)))
+
+    hist = (report.get("histograms") or {}).get("log_perplexity")
+    if hist:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        edges = np.array(hist["edges"])
+        width = np.diff(edges)
+        colours = {"members": "#1565c0", "nonmembers": "#757575", "canaries": "#c62828"}
+        can_x = [c["log_perplexity"] for c in report["canaries"] if c.get("log_perplexity") is not None]
+        for k, c in hist["counts"].items():
+            if k == "canaries" and 0 < len(can_x) <= 200:
+                # A handful of canaries reads better as individual marks than as a density.
+                ax.plot(can_x, np.zeros(len(can_x)), "|", color=colours[k], markersize=28, mew=2,
+                        label=f"{k} (n={len(can_x)})", clip_on=False)
+                continue
+            c = np.array(c, float)
+            dens = c / max(c.sum(), 1.0) / width
+            ax.stairs(dens, edges, label=f"{k} (n={hist['n'][k]})", color=colours.get(k), lw=1.6,
+                      fill=k == "nonmembers", alpha=0.5 if k == "nonmembers" else 1.0)
+        det = report.get("detection")
+        if det and det.get("threshold") is not None:
+            ax.axvline(det["threshold"], color="k", ls="--", lw=1,
+                       label=f"threshold @ FPR {det['fpr_target']:g}")
+        ax.set_xlabel(f"log-perplexity (nats/token, mode {report['scoring']['mode']})")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+        ax.set_title("Perplexity: members vs non-members vs canaries")
+        out.append(("Perplexity histograms", _png(fig)))
+
+    ext = report.get("extraction")
+    if ext and report["canaries"]:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+        reps = np.array([c["repetitions"] for c in report["canaries"]], float)
+        exp = np.array([c["exposure"] for c in report["canaries"]], float)
+        x = np.maximum(reps, 0.5)
+        a1.scatter(x, exp, s=14, alpha=0.6, color="#1565c0", label="canary")
+        by = ext["by_repetition"]
+        bx = np.maximum([r["repetitions"] for r in by], 0.5)
+        a1.plot(bx, [r["exposure_mean"] for r in by], "o-", color="k", label="mean")
+        a1.axhline(max(c["log2_candidates"] for c in report["canaries"]), color="#c62828", ls=":",
+                   lw=1, label="log2 |R| (maximum)")
+        a1.set_xscale("log")
+        a1.set_xlabel("repetitions in training data")
+        a1.set_ylabel("exposure (bits)")
+        a1.legend(fontsize=7)
+        a1.set_title("Exposure vs repetition")
+        a2.plot(bx, [r["extracted_mean"] for r in by], "o-", color="#c62828", label="extracted exactly")
+        det = report.get("detection")
+        if det and "canaries" in det["groups"] and det["groups"]["canaries"]["by_repetition"]:
+            dr = det["groups"]["canaries"]["by_repetition"]
+            a2.plot(np.maximum([r["repetitions"] for r in dr], 0.5), [r["tpr"] for r in dr], "s--",
+                    color="#1565c0", label=f"detected (TPR @ FPR {det['fpr_target']:g})")
+        a2.set_xscale("log")
+        a2.set_ylim(-0.02, 1.02)
+        a2.set_xlabel("repetitions in training data")
+        a2.set_ylabel("fraction of canaries")
+        a2.legend(fontsize=7)
+        a2.set_title("Extraction and detection vs repetition")
+        out.append(("Canaries: exposure and extraction vs repetition", _png(fig)))
+    return out
+
+
+# ------------------------------------------------------------------ HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
+th{background:#f5f5f5} td.l,th.l{text-align:left} .muted{color:#777;font-size:.85rem}
+.headline{display:inline-block;padding:.6rem 1rem;border-radius:6px;color:#fff;font-size:1.3rem;margin:.6rem 0}
+figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85rem;color:#555}
+pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.75rem;max-height:24rem}
+#plot-warning{display:none;color:#c62828;font-weight:bold}
+"""
+
+# Once the page has loaded, records how many embedded plots decoded and shows a warning if any
+# did not.
+_JS = """
+window.addEventListener('load', function(){
+  var imgs=Array.prototype.slice.call(document.querySelectorAll('img.plot'));
+  var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
+  document.body.setAttribute('data-plots-total',String(imgs.length));
+  document.body.setAttribute('data-plots-ok',String(ok));
+  if(ok!==imgs.length){document.getElementById('plot-warning').style.display='block';}
+});
+"""
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, float):
+        return f"{x:.{nd}f}" if abs(x) >= 10 ** (-nd) or x == 0 else f"{x:.2e}"
+    return html.escape(str(x))
+
+
+def _ci(pair: Sequence | None, nd: int = 3) -> str:
+    if not pair or pair[0] is None:
+        return "–"
+    return f"[{_fmt(pair[0], nd)}, {_fmt(pair[1], nd)}]"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report: dict) -> str:
+    """One self-contained HTML page (no external resources) from a report dict."""
+    risk = report["risk"]
+    colour = _BAND_COLOURS[risk["band"]]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>glmjax memorization audit — {html.escape(risk['band'])} risk</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Memorization and privacy audit</h1>",
+        f"<div class='muted'>glmjax {html.escape(report['provenance']['glmjax_version'])} · "
+        f"{html.escape(report['created'])} · scoring mode <b>{html.escape(report['scoring']['mode'])}</b> "
+        f"{html.escape(json.dumps(report['scoring']['mode_params']))}</div>",
+        f"<div class='headline' style='background:{colour}'>worst-case risk {risk['worst_case']:.3f} — "
+        f"{html.escape(risk['band'].upper())} (set by {html.escape(risk['worst_vector'])})</div>",
+        "<div id='plot-warning'>Some plots failed to render.</div>",
+        "<h2>Risk by attack vector</h2>",
+        _table(["vector", "risk", "band", "set by"],
+               [[html.escape(k), _fmt(v), R.band(v), _fmt(risk["sources"].get(k, ""))]
+                for k, v in risk["vectors"].items()]),
+        "<p class='muted'>Bands: low &lt; 0.1 ≤ medium &lt; 0.3 ≤ high. Formulas: docs/report-schema.md.</p>",
+    ]
+    mia = report.get("mia")
+    if mia:
+        rows = []
+        for name, a in sorted(mia["attacks"].items(), key=lambda kv: -kv[1]["auc"]):
+            t = a["tpr_at_fpr"]
+            tc = a["tpr_at_fpr_ci"]
+            rows.append([html.escape(name), _fmt(a["auc"]), _ci(a["auc_ci"]), _fmt(t["0.001"]), _ci(tc["0.001"]),
+                         _fmt(t["0.01"]), _ci(tc["0.01"]), _fmt(a["balanced_accuracy"]), _fmt(a["advantage"])])
+        parts += ["<h2>Membership inference</h2>",
+                  _table(["attack", "AUC", "AUC CI", "TPR@0.1%", "CI", "TPR@1%", "CI", "bal. acc.", "advantage"], rows),
+                  f"<p class='muted'>{mia['attacks'][mia['strongest_attack']]['n_members']} members, "
+                  f"{mia['attacks'][mia['strongest_attack']]['n_nonmembers']} non-members; "
+                  f"{int(report['config']['confidence'] * 100)}% stratified bootstrap intervals "
+                  f"({report['config']['n_bootstrap']} replicates).</p>"]
+        eps = mia.get("epsilon")
+        if eps:
+            parts.append(f"<p>Empirical ε lower bound ({html.escape(eps['method'])}, attack "
+                         f"{html.escape(eps['attack'])}, δ = {eps['delta']:g}, confidence {eps['confidence']:.2f}): "
+                         f"<b>ε ≥ {eps['epsilon']:.3f}</b></p>")
+        one = mia.get("one_run_epsilon")
+        if one:
+            parts.append(f"<p>One-run audit (Steinke et al. 2023): <b>ε ≥ {one['epsilon']:.3f}</b> "
+                         f"(m = {one['details']['m']}, r = {one['details']['r']}, v = {one['details']['v']}).</p>")
+    det = report.get("detection")
+    if det:
+        rows = []
+        for d in (det, det.get("reference")):
+            if not d:
+                continue
+            for name, g in d["groups"].items():
+                rows.append([html.escape(d["statistic"]), html.escape(name), str(g["n"]), _fmt(g["tpr"]),
+                             _fmt(d["realised_fpr"]), _fmt(g["z_mean"]), _fmt(g["p_median"])])
+        parts += ["<h2>Perplexity detection</h2>",
+                  _table(["statistic", "group", "n", "TPR", "FPR", "mean z", "median p"], rows, left=2),
+                  f"<p class='muted'>Threshold calibrated to FPR ≤ {det['fpr_target']:g} on "
+                  f"{det['n_nonmembers']} non-members; p-values (1 + #non-members ≤ x) / (1 + n).</p>"]
+    if report["canaries"]:
+        rows = []
+        for c in report["canaries"]:
+            row = [html.escape(c["id"]), f"<code>{c['sha256'][:16]}…</code>", str(c["repetitions"]),
+                   _fmt(c["exposure"], 2), _ci(c["exposure_ci"], 2), _fmt(c["log2_candidates"], 1),
+                   html.escape(c["exposure_method"]), _fmt(c["extracted"])]
+            if report["reveal"]:
+                row.append(f"<code>{html.escape(c.get('secret', ''))}</code>")
+            rows.append(row)
+        head = ["canary", "sha256", "repetitions", "exposure", "CI", "log2 |R|", "method", "extracted"]
+        parts += ["<h2>Canaries</h2>", _table(head + (["secret"] if report["reveal"] else []), rows, left=2)]
+    parts.append("<h2>Plots</h2>")
+    for title, b64 in _plots(report):
+        parts.append(f"<figure><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+    parts += ["<h2>Configuration and provenance</h2>",
+              f"<pre>{html.escape(json.dumps({'config': report['config'], 'provenance': report['provenance']}, indent=2))}</pre>",
+              f"<script>{_JS}</script></body></html>"]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ files and terminal
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(result: AuditResult | dict, out_dir: str | os.PathLike, *, reveal: bool = False,
+                 html_report: bool = True) -> dict[str, Path]:
+    """Write report.json (and report.html) into ``out_dir``, each via a temporary name.
+
+    Args:
+      result: an :class:`AuditResult` (evaluated here) or an already evaluated report dict.
+      out_dir: output folder (created if missing).
+      reveal: include raw canary secrets (only meaningful for an AuditResult).
+      html_report: also write report.html.
+
+    Returns:
+      {"json": path, "html": path}.
+    """
+    report = evaluate(result, reveal=reveal) if isinstance(result, AuditResult) else result
+    validate_report(report)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json"}
+    _atomic_write(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if html_report:
+        paths["html"] = out / "report.html"
+        _atomic_write(paths["html"], render_html(report))
+    return paths
+
+
+def summary_table(report: dict):
+    """A rich Table with the risk per vector and the headline metrics of each vector."""
+    from rich.table import Table
+
+    risk = report["risk"]
+    t = Table(title=f"glmjax audit — worst-case risk {risk['worst_case']:.3f} "
+                    f"({risk['band'].upper()}, set by {risk['worst_vector']})")
+    t.add_column("vector")
+    t.add_column("risk", justify="right")
+    t.add_column("band")
+    t.add_column("headline")
+    for k, v in risk["vectors"].items():
+        if k == "mia":
+            a = report["mia"]["attacks"][report["mia"]["strongest_attack"]]
+            head = (f"{report['mia']['strongest_attack']}: AUC {a['auc']:.3f}, "
+                    f"TPR@1% {a['tpr_at_fpr']['0.01']:.3f}, TPR@0.1% {a['tpr_at_fpr']['0.001']:.3f}")
+        elif k == "extraction":
+            e = report["extraction"]
+            head = (f"{e['n_canaries']} canaries: {e['fraction_extracted']:.0%} extracted, "
+                    f"mean exposure/log2|R| {e['mean_normalised_exposure']:.3f}")
+        else:
+            head = f"{risk['sources'].get(k, '')} @ FPR {report['detection']['fpr_target']:g}"
+        t.add_row(k, f"{v:.3f}", R.band(v), head)
+    return t
+
+
+def print_summary(report: dict, console=None) -> None:
+    """Print :func:`summary_table` (to ``console`` or a new rich Console)."""
+    from rich.console import Console
+
+    (console or Console()).print(summary_table(report))

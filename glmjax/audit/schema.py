@@ -1,0 +1,192 @@
+"""report.json schema ("glmjax.AuditReport", version 1) and its validator.
+
+The schema is documented field by field in docs/report-schema.md. :func:`validate_report` checks
+required keys, types, ranges and the cross-field rules (the band matches the worst case, the worst
+case is the maximum of the vectors, every vector that was run has its section, no raw secret
+unless the report was written with ``reveal``). Readers should check ``schema`` and
+``schema_version`` first; a new major layout gets a new version number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from glmjax.audit.perplexity import MODES
+from glmjax.audit.risk import VECTORS, band
+from glmjax.errors import GlmjaxError
+
+SCHEMA = "glmjax.AuditReport"
+SCHEMA_VERSION = 1
+REQUIRED_FPRS = ("0.001", "0.01")
+BANDS = ("low", "medium", "high")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ReportSchemaError(GlmjaxError):
+    """A report does not follow the glmjax.AuditReport schema."""
+
+
+def _fail(path: str, what: str) -> None:
+    raise ReportSchemaError(f"report.json: {path}: {what}")
+
+
+def _get(d: Any, key: str, path: str) -> Any:
+    if not isinstance(d, dict):
+        _fail(path, "must be an object")
+    if key not in d:
+        _fail(f"{path}.{key}" if path else key, "is required but missing")
+    return d[key]
+
+
+def _num(x: Any, path: str, lo: float = -math.inf, hi: float = math.inf, nullable: bool = False) -> None:
+    if x is None and nullable:
+        return
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        _fail(path, f"must be a number, got {type(x).__name__}")
+    if not (lo <= x <= hi):
+        _fail(path, f"must lie in [{lo}, {hi}], got {x}")
+
+
+def _int(x: Any, path: str, lo: int = 0) -> None:
+    if isinstance(x, bool) or not isinstance(x, int) or x < lo:
+        _fail(path, f"must be an integer >= {lo}, got {x!r}")
+
+
+def _str(x: Any, path: str, pattern: re.Pattern | None = None, choices: tuple = ()) -> None:
+    if not isinstance(x, str):
+        _fail(path, f"must be a string, got {type(x).__name__}")
+    if pattern is not None and not pattern.match(x):
+        _fail(path, f"has an invalid format: {x!r}")
+    if choices and x not in choices:
+        _fail(path, f"must be one of {', '.join(choices)}, got {x!r}")
+
+
+def _obj(x: Any, path: str) -> dict:
+    if not isinstance(x, dict):
+        _fail(path, f"must be an object, got {type(x).__name__}")
+    return x
+
+
+def _interval(x: Any, path: str, lo: float = -math.inf, hi: float = math.inf) -> None:
+    """A [low, high] pair of numbers (or of nulls when no interval was computed)."""
+    if not isinstance(x, list) or len(x) != 2:
+        _fail(path, "must be a [low, high] pair")
+    if x[0] is None and x[1] is None:
+        return
+    _num(x[0], f"{path}[0]", lo, hi)
+    _num(x[1], f"{path}[1]", lo, hi)
+    if x[0] > x[1]:
+        _fail(path, f"low {x[0]} exceeds high {x[1]}")
+
+
+def _validate_risk(r: dict) -> None:
+    _obj(r, "risk")
+    vectors = _obj(_get(r, "vectors", "risk"), "risk.vectors")
+    if not vectors:
+        _fail("risk.vectors", "must hold at least one vector")
+    for k, v in vectors.items():
+        _str(k, f"risk.vectors key {k!r}", choices=VECTORS)
+        _num(v, f"risk.vectors.{k}", 0.0, 1.0)
+    wc = _get(r, "worst_case", "risk")
+    _num(wc, "risk.worst_case", 0.0, 1.0)
+    if abs(wc - max(vectors.values())) > 1e-12:
+        _fail("risk.worst_case", f"{wc} is not the maximum of risk.vectors ({max(vectors.values())})")
+    b = _get(r, "band", "risk")
+    _str(b, "risk.band", choices=BANDS)
+    want = band(wc)
+    if b != want:
+        _fail("risk.band", f"{b!r} does not match worst_case {wc} (expected {want!r})")
+    wv = _get(r, "worst_vector", "risk")
+    _str(wv, "risk.worst_vector", choices=tuple(vectors))
+
+
+def _validate_canary(c: Any, i: int, reveal: bool) -> None:
+    p = f"canaries[{i}]"
+    _obj(c, p)
+    _str(_get(c, "id", p), f"{p}.id")
+    _str(_get(c, "sha256", p), f"{p}.sha256", _HEX64)
+    _int(_get(c, "repetitions", p), f"{p}.repetitions")
+    n = _get(c, "n_candidates", p)
+    _int(n, f"{p}.n_candidates", 1)
+    top = math.log2(n) + 1e-9
+    _num(_get(c, "exposure", p), f"{p}.exposure", 0.0, top)
+    _interval(_get(c, "exposure_ci", p), f"{p}.exposure_ci", 0.0, top)
+    if not isinstance(_get(c, "extracted", p), bool):
+        _fail(f"{p}.extracted", "must be true or false")
+    _str(_get(c, "exposure_method", p), f"{p}.exposure_method", choices=("exact", "skewnorm"))
+    if "secret" in c and not reveal:
+        _fail(f"{p}.secret", "raw secrets are only allowed in reports written with reveal")
+
+
+def _validate_attack(a: Any, name: str) -> None:
+    p = f"mia.attacks.{name}"
+    _obj(a, p)
+    _num(_get(a, "auc", p), f"{p}.auc", 0.0, 1.0)
+    _interval(_get(a, "auc_ci", p), f"{p}.auc_ci", 0.0, 1.0)
+    tpr = _obj(_get(a, "tpr_at_fpr", p), f"{p}.tpr_at_fpr")
+    for f in REQUIRED_FPRS:
+        _num(_get(tpr, f, f"{p}.tpr_at_fpr"), f"{p}.tpr_at_fpr.{f}", 0.0, 1.0)
+    _num(_get(a, "balanced_accuracy", p), f"{p}.balanced_accuracy", 0.5, 1.0)
+    _num(_get(a, "advantage", p), f"{p}.advantage", 0.0, 1.0)
+    _int(_get(a, "n_members", p), f"{p}.n_members", 1)
+    _int(_get(a, "n_nonmembers", p), f"{p}.n_nonmembers", 1)
+
+
+def validate_report(report: Any) -> None:
+    """Check a report dict against the glmjax.AuditReport schema (version 1).
+
+    Raises:
+      ReportSchemaError: naming the first offending field and what is wrong with it.
+    """
+    _obj(report, "report")
+    schema = _get(report, "schema", "")
+    if schema != SCHEMA:
+        _fail("schema", f"must be {SCHEMA!r}, got {schema!r}")
+    version = _get(report, "schema_version", "")
+    if version != SCHEMA_VERSION:
+        _fail("schema_version", f"this reader understands version {SCHEMA_VERSION}, got {version!r}")
+    _str(_get(report, "created", ""), "created")
+    reveal = _get(report, "reveal", "")
+    if not isinstance(reveal, bool):
+        _fail("reveal", "must be true or false")
+    _obj(_get(report, "config", ""), "config")
+    prov = _obj(_get(report, "provenance", ""), "provenance")
+    _str(_get(prov, "glmjax_version", "provenance"), "provenance.glmjax_version")
+    scoring = _obj(_get(report, "scoring", ""), "scoring")
+    _str(_get(scoring, "mode", "scoring"), "scoring.mode", choices=MODES)
+    _obj(_get(scoring, "mode_params", "scoring"), "scoring.mode_params")
+    _validate_risk(_get(report, "risk", ""))
+    vectors = report["risk"]["vectors"]
+
+    canaries = _get(report, "canaries", "")
+    if not isinstance(canaries, list):
+        _fail("canaries", "must be a list")
+    for i, c in enumerate(canaries):
+        _validate_canary(c, i, reveal)
+    if "extraction" in vectors and not canaries:
+        _fail("canaries", "risk.vectors has extraction but no canary is listed")
+
+    mia = _get(report, "mia", "")
+    if mia is not None:
+        _obj(mia, "mia")
+        attacks = _obj(_get(mia, "attacks", "mia"), "mia.attacks")
+        if not attacks:
+            _fail("mia.attacks", "must hold at least one attack")
+        for name, a in attacks.items():
+            _validate_attack(a, name)
+    elif "mia" in vectors:
+        _fail("mia", "risk.vectors has mia but the mia section is null")
+
+    det = _get(report, "detection", "")
+    if det is not None:
+        _obj(det, "detection")
+        _str(_get(det, "mode", "detection"), "detection.mode", choices=MODES)
+        _num(_get(det, "fpr_target", "detection"), "detection.fpr_target", 0.0, 1.0)
+        _num(_get(det, "realised_fpr", "detection"), "detection.realised_fpr", 0.0, 1.0)
+        groups = _obj(_get(det, "groups", "detection"), "detection.groups")
+        for name, g in groups.items():
+            _num(_get(g, "tpr", f"detection.groups.{name}"), f"detection.groups.{name}.tpr", 0.0, 1.0)
+    elif "detection" in vectors:
+        _fail("detection", "risk.vectors has detection but the detection section is null")

@@ -1,0 +1,231 @@
+"""Reports: report.json numbers and schema, secret redaction, self-contained HTML that renders in
+headless Chromium, terminal summary."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glmjax.audit import metrics as M
+from glmjax.audit import report as RP
+from glmjax.audit import risk as R
+from glmjax.audit.exposure import ExposureEstimate, exact_exposure_estimate
+from glmjax.audit.schema import ReportSchemaError, validate_report
+from glmjax.errors import ConfigError, StoreError
+
+REPS = [1, 1, 1, 4, 4, 4, 16, 16, 16, 64, 64, 64]
+
+
+def _result(seed: int = 0, n: int = 2000, **kw) -> RP.AuditResult:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < 0.5
+    log_ppl = rng.normal(2.0, 0.2, n) - 0.1 * labels
+    canaries = []
+    for i, r in enumerate(REPS):
+        secret = "".join(rng.choice(list("ACGT"), 10))
+        e = float(np.clip(2 + 0.3 * r + rng.normal(0, 0.5), 0, 20))
+        est = ExposureEstimate(e, (max(e - 1, 0), min(e + 1, 20)), "skewnorm", 4**10, 5000, 0.95)
+        canaries.append(RP.CanaryResult.from_estimate(f"canary-{i:03d}", r, est, r >= 64, secret,
+                                                      log_perplexity=2.0 - 0.02 * r))
+    args = dict(mode="causal", config={"window": 1024}, provenance={"model": {"family": "hyena"}, "seed": seed},
+                member_log_ppl=log_ppl[labels], nonmember_log_ppl=log_ppl[~labels], canaries=canaries,
+                mia_scores={"loss": -log_ppl, "random": rng.normal(size=n)}, mia_labels=labels,
+                n_bootstrap=50, one_run=(rng.normal(size=400), rng.random(400) < 0.5), seed=seed)
+    args.update(kw)
+    return RP.AuditResult(**args)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    res = _result()
+    paths = RP.write_report(res, out)
+    return res, paths, json.loads(paths["json"].read_text())
+
+
+def test_report_numbers_match_direct_computation(written):
+    res, _, rep = written
+    validate_report(rep)
+    loss = rep["mia"]["attacks"]["loss"]
+    direct = M.evaluate_attack(res.mia_labels, res.mia_scores["loss"], n_bootstrap=0)
+    assert loss["auc"] == pytest.approx(direct.auc, abs=0)
+    assert loss["tpr_at_fpr"]["0.01"] == direct.tpr_at_fpr[0.01]
+    assert loss["tpr_at_fpr"]["0.001"] == direct.tpr_at_fpr[0.001]
+    assert loss["auc_ci"][0] < loss["auc"] < loss["auc_ci"][1]
+    # Risk formulas recomputed from the report's own numbers.
+    mia = max(max(a["tpr_at_fpr"]["0.01"], a["advantage"]) for a in rep["mia"]["attacks"].values())
+    assert rep["risk"]["vectors"]["mia"] == pytest.approx(mia)
+    ext = rep["canaries"]
+    frac = np.mean([c["extracted"] for c in ext])
+    norm = np.mean([min(c["exposure"] / np.log2(c["n_candidates"]), 1) for c in ext])
+    assert rep["risk"]["vectors"]["extraction"] == pytest.approx(max(frac, norm))
+    det = rep["detection"]
+    d = max(g["tpr"] for g in det["groups"].values()) - det["realised_fpr"]
+    assert rep["risk"]["vectors"]["detection"] == pytest.approx(max(d, 0))
+    assert rep["risk"]["worst_case"] == max(rep["risk"]["vectors"].values())
+    assert rep["risk"]["band"] == R.band(rep["risk"]["worst_case"])
+    by = {r["repetitions"]: r for r in rep["extraction"]["by_repetition"]}
+    assert by[64]["extracted_mean"] == 1.0 and by[1]["n"] == 3
+    assert rep["mia"]["one_run_epsilon"]["epsilon"] >= 0
+    assert rep["provenance"]["glmjax_version"] and rep["scoring"]["mode"] == "causal"
+    assert len(rep["canaries"]) == len(REPS) and all(len(c["sha256"]) == 64 for c in rep["canaries"])
+
+
+def test_secrets_are_redacted_unless_revealed(written, tmp_path):
+    res, paths, rep = written
+    secrets = [c.secret for c in res.canaries]
+    text = paths["json"].read_text() + paths["html"].read_text()
+    buf = io.StringIO()
+    from rich.console import Console
+
+    RP.print_summary(rep, Console(file=buf, width=140))
+    text += buf.getvalue()
+    for s in secrets:
+        assert s not in text
+    assert rep["canaries"][0]["sha256"] == RP.secret_sha256(secrets[0])
+    shown = RP.write_report(res, tmp_path / "reveal", reveal=True)
+    rj = json.loads(shown["json"].read_text())
+    assert rj["reveal"] is True and [c["secret"] for c in rj["canaries"]] == secrets
+    assert secrets[0] in shown["html"].read_text()
+
+
+def test_files_are_complete_json_and_self_contained_html(written):
+    _, paths, _ = written
+    assert not list(paths["json"].parent.glob("*.partial"))
+    raw = paths["json"].read_text()
+    assert "NaN" not in raw and "Infinity" not in raw
+    page = paths["html"].read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from outside
+    imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(imgs) == 5  # risk, ROC, log-ROC, histograms, canaries
+    for b64 in imgs:
+        png = base64.b64decode(b64)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_terminal_summary_lists_every_vector(written):
+    from rich.console import Console
+
+    _, _, rep = written
+    buf = io.StringIO()
+    RP.print_summary(rep, Console(file=buf, width=140))
+    out = buf.getvalue()
+    for k in ("detection", "extraction", "mia", "worst-case risk", rep["risk"]["band"].upper()):
+        assert k in out
+
+
+def test_partial_results_and_exact_exposure_only():
+    est = exact_exposure_estimate(1.0, np.arange(256.0))
+    can = [RP.CanaryResult.from_estimate("c0", 8, est, True, "ACGT")]
+    rep = RP.evaluate(RP.AuditResult(mode="pll-strided", mode_params={"k": 4}, canaries=can))
+    assert set(rep["risk"]["vectors"]) == {"extraction"}
+    assert rep["mia"] is None and rep["detection"] is None
+    assert rep["canaries"][0]["exposure"] == pytest.approx(8 - 1)  # rank 2 of 256
+    assert rep["scoring"] == {"mode": "pll-strided", "mode_params": {"k": 4}}
+    assert "plots" not in rep and len(re.findall("data:image/png", RP.render_html(rep))) == 2
+    with pytest.raises(ConfigError, match="no attack vector"):
+        RP.evaluate(RP.AuditResult(mode="causal"))
+
+
+def test_modes_are_not_mixed_in_reports():
+    with pytest.raises(StoreError, match="same mode"):
+        RP.evaluate(_result(n=400, reference_mode="causal", reference_mode_params={"k": 1},
+                            reference_member_log_ppl=np.zeros(1), reference_nonmember_log_ppl=np.zeros(1),
+                            reference_canary_log_ppl=np.zeros(12)))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda r: r["risk"].pop("worst_case"), "worst_case: is required"),
+    (lambda r: r["risk"].__setitem__("band", "low" if r["risk"]["band"] != "low" else "high"), "does not match"),
+    (lambda r: r["risk"]["vectors"].__setitem__("mia", 1.5), r"risk.vectors.mia: must lie in \[0.0, 1.0\]"),
+    (lambda r: r.__setitem__("schema_version", 99), "understands version 1"),
+    (lambda r: r["canaries"][0].__setitem__("secret", "ACGT"), "only allowed in reports written with reveal"),
+    (lambda r: r["canaries"][0].__setitem__("sha256", "xyz"), "invalid format"),
+    (lambda r: r["mia"]["attacks"]["loss"]["tpr_at_fpr"].pop("0.001"), "0.001: is required"),
+    (lambda r: r["mia"]["attacks"]["loss"].__setitem__("auc", "0.7"), "must be a number"),
+    (lambda r: r.__setitem__("mia", None), "mia section is null"),
+    (lambda r: r["provenance"].pop("glmjax_version"), "glmjax_version: is required"),
+    (lambda r: r["canaries"][1].__setitem__("exposure", 99.0), "exposure: must lie"),
+])
+def test_validator_rejects_broken_reports(written, mutate, match):
+    rep = copy.deepcopy(written[2])
+    mutate(rep)
+    with pytest.raises(ReportSchemaError, match=match):
+        validate_report(rep)
+
+
+def _chromium() -> str | None:
+    for name in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+# Injected in front of the page (test harness only): records console errors/warnings, uncaught
+# exceptions and failed resource loads on the root element, which --dump-dom then prints.
+_SHIM = """<script>
+(function(){var root=document.documentElement,errs=[];
+function rec(m){errs.push(String(m));root.setAttribute('data-console-errors',JSON.stringify(errs));}
+root.setAttribute('data-console-errors','[]');
+var e=console.error,w=console.warn;
+console.error=function(){rec(Array.prototype.join.call(arguments,' '));e.apply(console,arguments);};
+console.warn=function(){rec(Array.prototype.join.call(arguments,' '));w.apply(console,arguments);};
+window.addEventListener('error',function(ev){rec(ev.message||('failed to load '+(ev.target&&ev.target.tagName)));},true);
+})();
+</script>"""
+
+
+def _render(exe: str, page: str, tmp_path: Path, tag: str) -> tuple[list, int, int]:
+    """Load ``page`` in headless Chromium: (console errors, plots, plots decoded)."""
+    probe = tmp_path / f"{tag}.html"
+    probe.write_text(page.replace("<head>", "<head>" + _SHIM, 1))
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / (tag + '-profile')}",
+           "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    errors = re.search(r"data-console-errors=\"([^\"]*)\"", dom.stdout)
+    assert errors is not None, "the page did not run its scripts"
+    errs = json.loads(html.unescape(errors.group(1)))
+    errs += [line for line in dom.stderr.splitlines() if "Uncaught" in line]
+    total = re.search(r'data-plots-total="(\d+)"', dom.stdout)
+    ok = re.search(r'data-plots-ok="(\d+)"', dom.stdout)
+    assert total and ok, "the page's load handler did not run"
+    return errs, int(total.group(1)), int(ok.group(1))
+
+
+def test_html_renders_in_headless_chromium(written, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium); HTML rendering not checked")
+    _, paths, _ = written
+    page = paths["html"].read_text()
+    errs, total, ok = _render(exe, page, tmp_path, "report")
+    assert errs == [] and total == ok == 5
+    # Negative control: the harness must notice a broken plot and a console error.
+    b64 = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]{40})", page).group(1)
+    broken = page.replace(b64, "A" * 40, 1).replace("</body>", "<script>console.error('boom')</script></body>")
+    errs2, total2, ok2 = _render(exe, broken, tmp_path, "broken")
+    assert any("boom" in e for e in errs2) and ok2 == total2 - 1
+    shot = tmp_path / "shot.png"
+    run = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'shot-profile'}", "--window-size=1200,4000",
+                          f"--screenshot={shot}", paths["html"].resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (4000, 1200)
+    ink = (img[..., :3].min(axis=-1) < 0.9).mean()
+    assert ink > 0.03  # text, tables and plots drew something substantial

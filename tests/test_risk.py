@@ -1,0 +1,69 @@
+"""Risk formulas, bands and the worst case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glmjax.audit import risk as R
+from glmjax.audit.perplexity import detect
+from glmjax.errors import ConfigError
+
+
+@pytest.mark.parametrize("x,want", [(0.0, "low"), (0.0999, "low"), (0.1, "medium"), (0.2999, "medium"),
+                                    (0.3, "high"), (1.0, "high")])
+def test_band_edges(x, want):
+    assert R.band(x) == want
+
+
+def test_band_rejects_out_of_range():
+    with pytest.raises(ConfigError):
+        R.band(1.5)
+
+
+def test_detection_risk():
+    assert R.detection_risk(0.25, 0.01) == pytest.approx(0.24)
+    assert R.detection_risk(0.005, 0.01) == 0.0
+
+
+def test_detection_risk_from_result_takes_max_over_groups_and_reference():
+    rng = np.random.default_rng(0)
+    nm = rng.normal(3, 0.2, 1000)
+    members = rng.normal(3, 0.2, 200)
+    canaries = rng.normal(2.2, 0.2, 20)
+    res = detect({"members": members, "canaries": canaries}, nm, mode="causal", fpr=0.01,
+                 reference_queries={"members": members - 3, "canaries": canaries - 3},
+                 reference_nonmember=nm - rng.normal(3, 0.05, 1000), reference_mode="causal")
+    want = max(max(g.tpr for g in r.groups.values()) - r.realised_fpr for r in (res, res.reference))
+    risk, src = R.detection_risk_from(res)
+    assert risk == pytest.approx(max(want, 0.0))
+    assert src.endswith(":canaries")
+
+
+def test_extraction_risk():
+    # fraction extracted 1/4; mean exposure/log2R = (20 + 10 + 0 + 30 capped at 20) / 20 / 4 = 0.625
+    r = R.extraction_risk([True, False, False, False], [20.0, 10.0, 0.0, 30.0], 20.0)
+    assert r == pytest.approx(0.625)
+    assert R.extraction_risk([True, True], [0.0, 0.0], [16.0, 20.0]) == 1.0
+    with pytest.raises(ConfigError):
+        R.extraction_risk([], [], 20.0)
+
+
+def test_mia_risk_picks_the_worst_attack():
+    r, name = R.mia_risk({"loss": (0.02, 0.10), "lira": (0.35, 0.30), "zlib": (0.01, 0.2)})
+    assert (r, name) == (0.35, "lira")
+    assert R.mia_attack_risk(0.01, -0.1) == 0.01
+
+
+def test_summary_worst_case_band_and_ties():
+    s = R.summarise({"detection": 0.05, "extraction": 0.31, "mia": None}, {"extraction": "fraction_extracted"})
+    assert s.worst_case == 0.31 and s.band == "high" and s.worst_vector == "extraction"
+    assert "mia" not in s.vectors and s.sources == {"extraction": "fraction_extracted"}
+    tie = R.summarise({"mia": 0.2, "detection": 0.2})
+    assert tie.worst_vector == "detection"  # ties go to the first of detection, extraction, mia
+    d = tie.to_dict()
+    assert d["band"] == "medium" and d["vectors"] == {"detection": 0.2, "mia": 0.2}
+    with pytest.raises(ConfigError, match="no attack vector"):
+        R.summarise({"mia": None})
+    with pytest.raises(ConfigError, match="unknown"):
+        R.summarise({"bogus": 0.1})
