@@ -1,0 +1,181 @@
+"""``glmjax models``: describe and convert model checkpoints (every registered family).
+
+* ``glmjax models info DIR [--json]``: family, objective, architecture class, parameter count,
+  context length, vocabulary size, tokenizer and source of a model folder (HF snapshot, official
+  NT JAX checkpoint or glmjax folder), read from its configuration only (no weights are loaded).
+* ``glmjax models convert SRC_DIR --out DST_DIR [--trust-pickle]``: load a published checkpoint
+  and write it in glmjax's format (orbax state + ``glmjax_model.json``), which later loads without
+  any pickle.
+* ``glmjax models list``: the registered families.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_CONTEXT_ATTRS = ("max_len", "max_position_embeddings", "n_positions", "max_seq_len", "l_max")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``models`` command group and its subcommands."""
+    models = subparsers.add_parser("models", help="describe and convert model checkpoints: info, convert, list",
+                                   description="Describe and convert model checkpoints.")
+    sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", parser_class=type(models))
+    sub.required = True
+
+    p = sub.add_parser("info", help="describe a model folder (no weights are read)",
+                       description="Describe a model folder: family, objective, architecture class, "
+                       "parameter count, context length, vocabulary, tokenizer and source. Works on HF "
+                       "snapshots, the official NT JAX checkpoint and glmjax folders; only configuration "
+                       "files are read.")
+    p.add_argument("model", metavar="DIR", help="model folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert a published checkpoint to glmjax's format",
+                       description="Load SRC_DIR (HF snapshot: safetensors, sharded safetensors or "
+                       "pytorch_model.bin read with torch's weights_only loader; or the official NT JAX "
+                       "checkpoint) and write DST_DIR in glmjax's format (orbax state + "
+                       "glmjax_model.json, tokenizer files copied). The output is written under a "
+                       "temporary name and renamed when complete.")
+    p.add_argument("src", metavar="SRC_DIR", help="checkpoint folder")
+    p.add_argument("--out", required=True, metavar="DST_DIR", help="glmjax model folder to write")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based weights (e.g. the NT "
+                   "JAX .joblib file): a pickle is a program, use this only for files of trusted origin")
+    p.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("list", help="list the registered model families",
+                       description="List the registered model families.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def context_length(cfg: Any) -> int | None:
+    """A config's context length in tokens: its ``max_len`` (the common name), else the first of
+    the usual HF names; None when the family has no limit it knows of."""
+    for name in _CONTEXT_ATTRS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return int(value)
+    return None
+
+
+def count_params(spec, cfg) -> int:
+    """Number of parameters of the family's module for ``cfg``, from abstract shapes (no memory)."""
+    import jax
+    from flax import nnx
+
+    abstract = nnx.eval_shape(lambda: spec.build(cfg, nnx.Rngs(0)))
+    return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(abstract, nnx.Param))))
+
+
+def describe(path: str | Path) -> dict:
+    """The ``models info`` record of a model folder (configuration files only)."""
+    from glmjax.errors import CheckpointError
+    from glmjax.models import detect
+    from glmjax.models.checkpoints import is_glmjax_dir, read_config_json, read_glmjax_meta
+
+    path = Path(path)
+    spec = detect(path)
+    source = str(path.resolve())
+    if is_glmjax_dir(path):
+        meta = read_glmjax_meta(path)
+        cfg = spec.config_cls.from_dict(meta["config"])
+        fmt = "glmjax"
+        source = meta.get("source", source)
+    elif (path / "config.json").exists():
+        cfg = spec.config_cls.from_hf(read_config_json(path))
+        fmt = "huggingface"
+    elif spec.config_dir is not None:
+        cfg = spec.config_dir(path)
+        fmt = f"{spec.name}-native"
+    else:
+        raise CheckpointError(f"{path}: the {spec.name} family cannot describe this folder without loading "
+                              f"its weights; convert it with `glmjax models convert {path} --out DIR` first")
+    tok = spec.tokenizer(cfg, path)
+    return {
+        "path": str(path.resolve()),
+        "family": spec.name,
+        "description": spec.description,
+        "objective": spec.objective,
+        "architecture_class": spec.architecture_class,
+        "parameters": count_params(spec, cfg),
+        "context_length": context_length(cfg),
+        "vocab_size": int(getattr(cfg, "vocab_size", tok.vocab_size)),
+        "tokenizer": tok.name,
+        "tokenizer_vocab_size": int(tok.vocab_size),
+        "format": fmt,
+        "source": source,
+        "config": cfg.to_dict(),
+    }
+
+
+def _human_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit} ({n:,})"
+    return str(n)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    rows = [("family", f"{info['family']} - {info['description']}"), ("objective", info["objective"]),
+            ("architecture class", info["architecture_class"]), ("parameters", _human_count(info["parameters"])),
+            ("context length", "unbounded" if info["context_length"] is None else f"{info['context_length']} tokens"),
+            ("vocab size", str(info["vocab_size"])),
+            ("tokenizer", f"{info['tokenizer']} ({info['tokenizer_vocab_size']} ids)"),
+            ("format", info["format"]), ("source", info["source"])]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from glmjax import __version__
+    from glmjax.errors import CheckpointError
+    from glmjax.models import load, save
+    from glmjax.models.checkpoints import is_glmjax_dir
+
+    src, out = Path(args.src), Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CheckpointError(f"{out} already exists; choose another --out or pass --overwrite")
+    if src.exists() and out.exists() and src.resolve() == out.resolve():
+        raise CheckpointError("--out must differ from SRC_DIR")
+    t0 = time.perf_counter()
+    model = load(src, trust_pickle=args.trust_pickle)
+    fmt = "glmjax" if is_glmjax_dir(src) else ("huggingface" if (src / "config.json").exists()
+                                               else f"{model.family}-native")
+    extra = {"source": str(src.resolve()), "source_format": fmt, "glmjax_version": __version__,
+             "parameters": model.num_params(), "fingerprint": model.fingerprint()}
+    save(model, out, overwrite=args.overwrite, extra=extra)
+    print(f"converted {src} ({fmt}, family {model.family}, {_human_count(model.num_params())} parameters) "
+          f"-> {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from glmjax.models import families
+
+    fams = [{"family": s.name, "objective": s.objective, "architecture_class": s.architecture_class,
+             "description": s.description} for s in families().values()]
+    if args.json:
+        print(json.dumps(fams, indent=2))
+        return 0
+    width = max((len(f["family"]) for f in fams), default=0)
+    for f in fams:
+        print(f"{f['family']:<{width}}  {f['objective']:<6}  {f['architecture_class']:<18}  {f['description']}")
+    return 0

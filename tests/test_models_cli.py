@@ -1,0 +1,105 @@
+"""``glmjax models info | convert | list``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+import glmjax.models as models
+from glmjax.cli import main
+from glmjax.models.checkpoints import GLMJAX_META
+
+
+def _info(capsys, path) -> dict:
+    capsys.readouterr()
+    assert main(["models", "info", str(path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_info_of_hf_snapshot(golden, capsys):
+    case = golden("nt_v1")
+    info = _info(capsys, case.dir)
+    model = models.load(case.dir)
+    assert info["family"] == "nt" and info["objective"] == "masked"
+    assert info["architecture_class"] == "masked-transformer"
+    assert info["parameters"] == model.num_params()
+    assert info["context_length"] == case.case["shapes"]["max_position_embeddings"] - 2
+    assert info["vocab_size"] == case.case["shapes"]["V"] and info["tokenizer"] == "nt-6mer-v1"
+    assert info["format"] == "huggingface"
+    assert main(["models", "info", str(case.dir)]) == 0
+    table = capsys.readouterr().out
+    assert "masked-transformer" in table and f"{model.num_params():,}" in table
+
+
+def test_info_of_nt_jax_folder_reads_no_pickle(golden, capsys):
+    info = _info(capsys, golden("nt_v2").dir)
+    model = models.load(golden("nt_v2").dir, trust_pickle=True)
+    assert info["format"] == "nt-native" and info["tokenizer"] == "nt-6mer-v2"
+    assert info["parameters"] == model.num_params() and info["vocab_size"] == 4107
+    assert info["context_length"] == 64
+
+
+def test_convert_hf_snapshot_roundtrip(golden, tmp_path, capsys):
+    case = golden("nt_v1")
+    out = tmp_path / "nt_v1.glmjax"
+    assert main(["models", "convert", str(case.dir), "--out", str(out)]) == 0
+    assert (out / GLMJAX_META).exists() and (out / "vocab.txt").exists()
+    assert not (tmp_path / "nt_v1.glmjax.partial").exists()
+    info = _info(capsys, out)
+    assert info["format"] == "glmjax" and info["source"] == str(case.dir.resolve())
+    src, dst = models.load(case.dir), models.load(out)
+    assert info["parameters"] == src.num_params()
+    ids, att = case.inputs["input_ids"], case.inputs["attention_mask"].astype(bool)
+    np.testing.assert_array_equal(np.asarray(dst.logits(ids, att)), np.asarray(src.logits(ids, att)))
+    # an existing output is kept unless --overwrite
+    capsys.readouterr()
+    assert main(["models", "convert", str(case.dir), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["models", "convert", str(case.dir), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_convert_nt_jax_needs_trust_pickle(golden, tmp_path, capsys):
+    case = golden("nt_v2")
+    out = tmp_path / "v2"
+    capsys.readouterr()
+    assert main(["models", "convert", str(case.dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pickle" in err and "--trust-pickle" in err and not out.exists()
+    assert main(["models", "convert", str(case.dir), "--out", str(out), "--trust-pickle"]) == 0
+    # the converted folder is orbax: it loads without trusting any pickle
+    model = models.load(out)
+    ids = case.inputs["input_ids"]
+    assert rel_err(np.asarray(model.logits(ids)), case.outputs["logits"], ids != 1) <= 1e-4
+
+
+def test_info_errors(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["models", "info", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", sorted(models.families()))
+def test_info_of_every_registered_family(family, tmp_path, capsys):
+    """A glmjax folder of each family (configuration only: info reads no weights)."""
+    spec = models.get_family(family)
+    cfg = spec.config_cls.tiny()
+    (tmp_path / GLMJAX_META).write_text(json.dumps({"format": "glmjax.model", "format_version": 1,
+                                                    "family": family, "config": cfg.to_dict()}))
+    info = _info(capsys, tmp_path)
+    assert (info["family"], info["objective"], info["architecture_class"]) == \
+        (family, spec.objective, spec.architecture_class)
+    assert info["vocab_size"] == cfg.vocab_size
+    assert info["context_length"] == getattr(cfg, "max_len", info["context_length"])
+    assert info["parameters"] > 0 and info["format"] == "glmjax"
+    if family == "nt":
+        assert info["parameters"] == models.build("nt", cfg).num_params()
+
+
+def test_list(capsys):
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    fams = {f["family"]: f for f in json.loads(capsys.readouterr().out)}
+    assert fams["nt"]["objective"] == "masked" and fams["nt"]["architecture_class"] == "masked-transformer"
