@@ -121,10 +121,11 @@ def ref_lira(target, shadow, inc, online, fixed, logit):
         res_out += list(so - so.mean()) if so.size else []
     dof_in = sum(max(inc[:, i].sum() - 1, 0) for i in range(n))
     dof_out = sum(max((~inc[:, i]).sum() - 1, 0) for i in range(n))
-    g_in = math.sqrt(sum(r * r for r in res_in) / dof_in)
+    g_in = math.sqrt(sum(r * r for r in res_in) / dof_in) if dof_in else math.nan
     g_out = math.sqrt(sum(r * r for r in res_out) / dof_out)
-    shift = np.mean([s[inc[:, i], i].mean() - s[~inc[:, i], i].mean() for i in range(n)
-                     if inc[:, i].any() and (~inc[:, i]).any()])
+    diffs = [s[inc[:, i], i].mean() - s[~inc[:, i], i].mean() for i in range(n)
+             if inc[:, i].any() and (~inc[:, i]).any()]
+    shift = np.mean(diffs) if diffs else math.nan
     out = np.empty(n)
     for i in range(n):
         si, so = s[inc[:, i], i], s[~inc[:, i], i]
@@ -164,15 +165,20 @@ def test_lira_online_matches_loop_reference(fixed, logit):
 
 @pytest.mark.parametrize("fixed", [False, True])
 def test_lira_offline_matches_loop_reference(fixed):
-    member, target, shadow, inc = _lira_data(5)
-    inc[:, 0] = False  # offline needs OUT shadows everywhere
-    inc[0, 0] = True
+    member, target, shadow, inc = _lira_data(5)  # example 0 has no OUT shadow: filled in
     got = mia.lira(target, shadow, inc, online=False, fixed_variance=fixed)
     np.testing.assert_allclose(got, ref_lira(target, shadow, inc, False, fixed, True), rtol=1e-10)
     assert M.roc_auc(member, got) > 0.9
-    inc[:, 3] = True
-    with pytest.raises(ConfigError, match="OUT shadow"):
-        mia.lira(target, shadow, inc, online=False)
+    # A pure offline design (every shadow OUT everywhere) needs no IN scores at all.
+    out_only = np.zeros_like(inc)
+    got2 = mia.lira(target, shadow, out_only, online=False, fixed_variance=fixed)
+    np.testing.assert_allclose(got2, ref_lira(target, shadow, out_only, False, fixed, True), rtol=1e-10)
+    with pytest.raises(ConfigError, match="OUT shadow scores"):
+        mia.lira(target, shadow, np.ones_like(inc), online=False)
+    no_both = np.zeros_like(inc)
+    no_both[:, :5] = True  # examples 0-4 only IN, the rest only OUT: nothing to borrow a shift from
+    with pytest.raises(ConfigError, match="both IN and OUT"):
+        mia.lira(target, shadow, no_both, online=False)
 
 
 # ------------------------------------------------------------------ RMIA

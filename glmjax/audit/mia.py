@@ -111,28 +111,42 @@ def kmer_entropy_bits(codes: np.ndarray, offsets: np.ndarray, k: int = 3,
         # Grow the chunk until it holds max_chunk_nt nucleotides or rows_per_chunk sequences.
         stop = int(np.searchsorted(offsets, offsets[start] + max_chunk_nt, side="right")) - 1
         stop = min(max(stop, start + 1), start + rows_per_chunk, n)
-        lo, hi = int(offsets[start]), int(offsets[stop])
-        c = codes[lo:hi].astype(np.int64)
-        m = c.size - k + 1
-        if m > 0:
-            kmer = np.zeros(m, dtype=np.int64)
-            bad = np.zeros(m, dtype=bool)
-            for j in range(k):  # k is tiny: a loop over window offsets, not rows
-                cj = c[j:j + m]
-                kmer = kmer * 4 + np.minimum(cj, 3)
-                bad |= cj > 3
-            seq = np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))[:m]
-            ends = offsets[start + 1:stop + 1] - lo  # exclusive end of each sequence in the chunk
-            bad |= np.arange(m) + k > ends[seq]  # window runs past its sequence
-            good = ~bad
-            counts = np.bincount(seq[good] * nk + kmer[good], minlength=(stop - start) * nk)
-            counts = counts.reshape(stop - start, nk).astype(np.float64)
-            tot = np.maximum(counts.sum(axis=1), 1.0)
-            # H = log2 T - sum c log2 c / T; 0 log 0 = 0 and empty rows give 0.
-            clogc = (counts * np.log2(np.maximum(counts, 1.0))).sum(axis=1)
-            out[start:stop] = np.maximum(np.log2(tot) - clogc / tot, 0.0)
+        out[start:stop] = _kmer_entropy_chunk(codes[offsets[start]:offsets[stop]],
+                                              offsets[start:stop + 1] - offsets[start], k)
         start = stop
     return out
+
+
+def _kmer_entropy_chunk(c: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
+    """k-mer entropies of the sequences of one chunk (offsets relative to the chunk, [r + 1])."""
+    rows = offsets.size - 1
+    nk = 4**k
+    t = c.size
+    m = t - k + 1
+    if m <= 0:
+        return np.zeros(rows)
+    # k-mer code of the window starting at each position (int32: 4^8 * rows fits).
+    kmer = np.zeros(m, dtype=np.int32)
+    base = np.minimum(c, 3).astype(np.int32)
+    for j in range(k):  # k is tiny: a loop over window offsets, not rows
+        kmer <<= 2
+        kmer |= base[j:j + m]
+    # A window is dropped if it holds an N or runs past the end of its sequence.
+    n_before = np.zeros(t + 1, dtype=np.int32)
+    np.cumsum(c > 3, out=n_before[1:])
+    drop = n_before[k:] != n_before[:m]
+    # Windows starting in the last k - 1 positions of a sequence. (For a sequence shorter than
+    # k - 1 these reach back into the previous one, whose own tail drops them anyway.)
+    tail = (offsets[1:, None] - np.arange(1, k, dtype=np.int64)[None, :]).ravel()
+    drop[tail[(tail >= 0) & (tail < m)]] = True
+    seq = np.repeat(np.arange(rows, dtype=np.int32), np.diff(offsets))[:m]
+    key = seq * nk + kmer
+    key[drop] = rows * nk  # dropped windows go to one extra bin that is discarded
+    counts = np.bincount(key, minlength=rows * nk + 1)[: rows * nk].reshape(rows, nk).astype(np.float64)
+    tot = np.maximum(counts.sum(axis=1), 1.0)
+    # H = log2 T - sum c log2 c / T; 0 log 0 = 0 and rows without a window give 0.
+    clogc = (counts * np.log2(np.maximum(counts, 1.0))).sum(axis=1)
+    return np.maximum(np.log2(tot) - clogc / tot, 0.0)
 
 
 def kmer_entropy_ratio(sum_logp: np.ndarray, n_nucleotides: np.ndarray, kmer_entropy: np.ndarray,
@@ -296,8 +310,9 @@ def lira(target: np.ndarray, shadow: np.ndarray, inclusion: np.ndarray, *, onlin
       float64 [N].
 
     Examples whose per-example variance rests on fewer than 2 shadow scores use the pooled one.
-    Online, an example with no IN (or no OUT) shadow gets the other side's mean shifted by the
-    average IN-OUT mean difference over the examples that have both.
+    An example with no IN (or no OUT) shadow gets the other side's mean shifted by the average
+    IN-OUT mean difference over the examples that have both (offline designs where every shadow
+    is OUT for every example need no such fill-in).
     """
     x = _f64(target, "target scores")
     shadow = np.asarray(shadow)
@@ -318,12 +333,21 @@ def lira(target: np.ndarray, shadow: np.ndarray, inclusion: np.ndarray, *, onlin
     sd_out = (np.full_like(x, pooled_out) if fixed_variance
               else np.where(n_out >= 2, np.sqrt(ss_out / np.maximum(n_out - 1, 1)), pooled_out))
     sd_out = np.maximum(sd_out, min_std)
-    if not online:
-        if np.any(n_out == 0):
-            raise ConfigError(f"offline LiRA needs an OUT shadow score for every example; "
-                              f"{int((n_out == 0).sum())} examples have none")
-        return (x - mu_out) / sd_out
     n_in, mu_in, ss_in = mom["n_in"], mom["mu_in"], mom["ss_in"]
+    if np.any(n_in == 0) or np.any(n_out == 0):
+        # Examples seen by every (or no) shadow model: borrow the other side's mean, shifted by
+        # the average IN-OUT difference of the examples that have both.
+        both = (n_in > 0) & (n_out > 0)
+        if not both.any():
+            if online or np.any(n_out == 0):
+                raise ConfigError("LiRA needs examples with both IN and OUT shadow scores to fill in "
+                                  f"{int(((n_in == 0) | (n_out == 0)).sum())} examples that lack one side")
+        else:
+            shift = float((mu_in[both] - mu_out[both]).mean())
+            mu_in, mu_out = (np.where(n_in > 0, mu_in, mu_out + shift),
+                             np.where(n_out > 0, mu_out, mu_in - shift))
+    if not online:
+        return (x - mu_out) / sd_out
     dof_in = np.maximum(n_in - 1, 0).sum()
     if dof_in <= 0:
         raise ConfigError("online LiRA needs at least 2 IN shadow scores for some example")
@@ -331,12 +355,6 @@ def lira(target: np.ndarray, shadow: np.ndarray, inclusion: np.ndarray, *, onlin
     sd_in = (np.full_like(x, pooled_in) if fixed_variance
              else np.where(n_in >= 2, np.sqrt(ss_in / np.maximum(n_in - 1, 1)), pooled_in))
     sd_in = np.maximum(sd_in, min_std)
-    both = (n_in > 0) & (n_out > 0)
-    if not both.any():
-        raise ConfigError("online LiRA needs examples with both IN and OUT shadow scores")
-    shift = float((mu_in[both] - mu_out[both]).mean())
-    mu_in = np.where(n_in > 0, mu_in, mu_out + shift)
-    mu_out = np.where(n_out > 0, mu_out, mu_in - shift)
     return _norm_logpdf(x, mu_in, sd_in) - _norm_logpdf(x, mu_out, sd_out)
 
 
@@ -423,7 +441,8 @@ def attack_scores(target: Mapping[str, np.ndarray], *, reference: Mapping[str, n
       zlib_code_bits: [N] from :func:`zlib_bits`; kmer_entropy: [N] from :func:`kmer_entropy_bits`.
       neighbour_sum_logp: [N, n] target sum_logp of each row's neighbours.
       mink_percents: which Min-K% / Min-K%++ columns to use.
-      lira_inputs: (shadow mean_logp [M, N], inclusion [M, N]) for online and offline LiRA.
+      lira_inputs: (shadow mean_logp [M, N], inclusion [M, N]) for online and offline LiRA
+        (fixed variance below 64 shadow models, per-example variance from 64 on).
       rmia_inputs: {"reference_x": [R, N], "target_z": [Z], "reference_z": [R, Z], "gamma", "offline_a"}
         over ``mean_logp``.
 
@@ -445,8 +464,10 @@ def attack_scores(target: Mapping[str, np.ndarray], *, reference: Mapping[str, n
         out["neighbourhood"] = neighbourhood_score(col("sum_logp"), neighbour_sum_logp)
     if lira_inputs is not None:
         shadow, inc = lira_inputs
-        out["lira_online"] = lira(col("mean_logp"), shadow, inc, online=True)
-        out["lira_offline"] = lira(col("mean_logp"), shadow, inc, online=False)
+        # Carlini et al. recommend one global variance when there are few shadow models.
+        fixed = np.shape(shadow)[0] < 64
+        out["lira_online"] = lira(col("mean_logp"), shadow, inc, online=True, fixed_variance=fixed)
+        out["lira_offline"] = lira(col("mean_logp"), shadow, inc, online=False, fixed_variance=fixed)
     if rmia_inputs is not None:
         r = dict(rmia_inputs)
         out["rmia"] = rmia(col("mean_logp"), r.pop("reference_x"), r.pop("target_z"), r.pop("reference_z"), **r)
