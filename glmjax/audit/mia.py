@@ -70,11 +70,20 @@ def zlib_bits(codes: Sequence[np.ndarray] | np.ndarray, offsets: np.ndarray | No
     """
     letters = np.frombuffer(b"ACGTN", dtype=np.uint8)
     if offsets is None:
-        seqs = [letters[np.asarray(c, dtype=np.uint8)].tobytes() for c in codes]
-    else:
-        text = letters[np.asarray(codes, dtype=np.uint8)].tobytes()
-        seqs = [text[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
-    return 8.0 * np.fromiter((len(zlib.compress(s, 9)) for s in seqs), dtype=np.float64, count=len(seqs))
+        return 8.0 * np.fromiter((len(zlib.compress(letters[np.asarray(c, dtype=np.uint8)].tobytes(), 9))
+                                  for c in codes), dtype=np.float64, count=len(codes))
+    codes = np.asarray(codes, dtype=np.uint8)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = offsets.size - 1
+    out = np.empty(n, dtype=np.float64)
+    step = 1 << 16  # sequences per chunk: the text of one chunk at a time, not of the whole set
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        base = int(offsets[lo])
+        text = letters[codes[base:offsets[hi]]].tobytes()
+        cuts = (offsets[lo:hi + 1] - base).tolist()
+        out[lo:hi] = [len(zlib.compress(text[a:b], 9)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return 8.0 * out
 
 
 def zlib_ratio(sum_logp: np.ndarray, zlib_code_bits: np.ndarray) -> np.ndarray:
