@@ -28,9 +28,9 @@ def _ids(vocab: int) -> np.ndarray:
     return ids
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_orbax_roundtrip_gives_identical_logits(tmp_path, version):
-    model = models.build("nt", NTConfig.tiny(version), seed=11)
+def test_orbax_roundtrip_gives_identical_logits(tmp_path):
+    """(v1 is also round-tripped by the ``models convert`` test.)"""
+    model = models.build("nt", NTConfig.tiny(2), seed=11)
     out = models.save(model, tmp_path / "m")
     assert (out / "glmjax_model.json").exists() and (out / "state").is_dir()
     assert not (tmp_path / "m.partial").exists()

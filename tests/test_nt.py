@@ -300,3 +300,30 @@ def test_padding_does_not_change_real_positions():
     a = np.asarray(model.logits(ids))
     b = np.asarray(model.logits(padded))[:, :12]
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_smoke_runs(capsys):
+    """scripts/bench_forward.py --smoke: both sides hold the same weights (converted by glmjax's
+    own converter), so fp32 per-token log p agree; FLOPs/token = 2 x kernel parameters + attention."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from glmjax.models.checkpoints import param_paths
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_forward.py"
+    spec = importlib.util.spec_from_file_location("bench_forward", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    report = bench.main(["--smoke", "--dtype", "fp32", "--seq-tokens", "16", "--batch", "1", "--iters", "1",
+                         "--warmup", "1", "--peak-n", "64"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    assert report["max_abs_logp_diff_vs_torch"] < 1e-4
+    assert report["glmjax"]["tokens_per_s"] > 0 and report["torch"]["tokens_per_s"] > 0
+    cfg = NTConfig.tiny()
+    abstract = nnx.eval_shape(lambda: SPEC.build(cfg, nnx.Rngs(0)))
+    kernels = sum(int(np.prod(shape)) for path, shape in param_paths(abstract).items() if path[-1] == "kernel")
+    length = report["seq_tokens"]
+    attention = cfg.num_layers * 4 * length * cfg.hidden_size
+    assert report["flops_per_token"] == 2 * kernels + attention

@@ -1,0 +1,311 @@
+"""Scoring throughput of a glmjax model vs its PyTorch (transformers) peer, in the same run.
+
+Times what scoring needs: the forward pass, log-softmax in float32 and the gather of the true
+token's log p, on random tokens of one length, for glmjax (``jax.jit`` of the split NNX state,
+cuDNN flash attention on GPU in bf16) and for the peer (``transformers``, SDPA attention, same
+dtype, ``torch.inference_mode``). Both hold the same randomly initialised weights: the peer is
+built from its config with a fixed seed (no network) and its ``state_dict`` goes through glmjax's
+own checkpoint converter, so the per-token log p of the two can be compared too.
+
+The same run measures the bf16 matmul peak (an 8192^3 matmul in JAX and in torch) and reports
+achieved TFLOP/s and the fraction of that peak. FLOPs per token = 2 x matmul parameters (all
+linear layers and the LM head) + attention (4 x L x heads x head_dim per layer), from the config.
+
+Usage::
+
+    python scripts/bench_forward.py                                   # GPU: NT v1-500m, 1000 tokens x 64
+    python scripts/bench_forward.py --family nt --shape v1-500m --seq-tokens 1000 --batch 64 --dtype bf16
+    python scripts/bench_forward.py --smoke                           # tiny model on CPU (seconds)
+
+Prints one JSON object (also written to ``--out`` if given). Families with a peer: ``nt`` (v1
+shapes: stock ``EsmForMaskedLM``). Add one by writing a :class:`FamilyBench` entry in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# JAX and PyTorch share the GPU in this run: JAX must not reserve most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
+from glmjax.models.checkpoints import TensorSource, fill_module  # noqa: E402
+
+DTYPES = {"bf16": ("bfloat16", torch.bfloat16), "bfloat16": ("bfloat16", torch.bfloat16),
+          "fp32": ("float32", torch.float32), "float32": ("float32", torch.float32)}
+
+
+@dataclass
+class Setup:
+    """One benchmark subject: the glmjax module (split), its inputs, the peer and the FLOP count.
+
+    ``peer_logits(ids, mask) -> logits`` runs the PyTorch model on device tensors.
+    """
+
+    config: Any
+    graphdef: Any
+    state: Any
+    ids: np.ndarray
+    mask: np.ndarray
+    peer_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    peer_info: dict
+    flops_per_token: float
+
+
+@dataclass
+class FamilyBench:
+    """How to benchmark one family: ``setup(shape, dtype, seq_tokens, batch, seed, device)``."""
+
+    default_shape: str
+    smoke_shape: str
+    setup: Callable[..., Setup]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nucleotide Transformer
+
+def nt_flops_per_token(cfg, length: int) -> float:
+    """2 x matmul MACs per token (layers + LM head) + attention score and value products."""
+    d, inner, f = cfg.hidden_size, cfg.num_heads * cfg.head_size, cfg.intermediate_size
+    f1 = f * (2 if cfg.ffn_glu else 1)
+    per_layer = 4 * d * inner + d * f1 + f * d
+    matmul = cfg.num_layers * per_layer + d * d + d * cfg.vocab_size
+    attention = cfg.num_layers * 4 * length * inner
+    return 2.0 * matmul + attention
+
+
+def nt_setup(shape: str, dtype: str, seq_tokens: int, batch: int, seed: int, device: torch.device) -> Setup:
+    import transformers
+
+    from glmjax.errors import ConfigError
+    from glmjax.models import nt
+
+    cfg32 = nt.NTConfig.preset(shape)
+    if cfg32.ffn_glu or cfg32.position_embedding != "learned":
+        raise ConfigError(f"NT shape {shape!r} is a v2 model (SwiGLU, rotary), which stock transformers cannot "
+                          "build; the PyTorch peer exists for the v1 shapes (tiny, v1-500m, v1-2.5b)")
+    if seq_tokens > cfg32.max_len:
+        raise ConfigError(f"--seq-tokens {seq_tokens} exceeds the {cfg32.max_len}-token context of {shape}")
+    hf_cfg = transformers.EsmConfig(
+        vocab_size=cfg32.vocab_size, hidden_size=cfg32.hidden_size, num_hidden_layers=cfg32.num_layers,
+        num_attention_heads=cfg32.num_heads, intermediate_size=cfg32.intermediate_size,
+        max_position_embeddings=cfg32.max_position_embeddings, position_embedding_type="absolute",
+        layer_norm_eps=cfg32.layer_norm_eps, token_dropout=cfg32.token_dropout, pad_token_id=1, mask_token_id=2,
+        tie_word_embeddings=False, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0,
+        emb_layer_norm_before=False, attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        peer = transformers.EsmForMaskedLM(hf_cfg).eval()
+    tensors = {k: v.detach().float().cpu().numpy() for k, v in peer.state_dict().items()}
+    flat = nt.convert_hf(TensorSource(tensors, "transformers peer"), cfg32)
+    del tensors
+    cfg = nt.NTConfig.from_dict({**cfg32.to_dict(), "dtype": dtype})
+    module = nnx.eval_shape(lambda: nt.build(cfg, nnx.Rngs(0)))
+    fill_module(module, flat, origin="transformers peer")
+    del flat
+    graphdef, state = nnx.split(module)
+    # the serving representation: weights stored in the compute dtype, like the peer's
+    state = jax.tree_util.tree_map(lambda x: x.astype(cfg.compute_dtype), state)
+    peer = peer.to(dtype=DTYPES[dtype][1])
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(4, 4100, size=(batch, seq_tokens)).astype(np.int32)  # 6-mer ids
+    ids[:, 0] = 3  # <cls>
+    mask = np.ones_like(ids, dtype=bool)
+
+    def peer_logits(tids: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+        return peer(input_ids=tids, attention_mask=tmask).logits
+
+    info = {"class": type(peer).__name__, "attn_implementation": getattr(peer.config, "_attn_implementation", None),
+            "transformers": transformers.__version__}
+    return Setup(cfg, graphdef, state, ids, mask, peer_logits, info, nt_flops_per_token(cfg, seq_tokens))
+
+
+FAMILIES: dict[str, FamilyBench] = {
+    "nt": FamilyBench(default_shape="v1-500m", smoke_shape="tiny", setup=nt_setup),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+def timed(fn, sync, iters: int, warmup: int) -> list[float]:
+    """Wall seconds of ``iters`` calls of ``fn`` (each synchronised) after ``warmup`` calls."""
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def torch_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def jax_matmul_peak(n: int, dtype, iters: int) -> float:
+    """FLOP/s of a jitted ``n x n @ n x n`` matmul in ``dtype`` (best of ``iters``)."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(jnp.matmul)
+    times = timed(lambda: f(a, b), lambda y: y.block_until_ready(), iters, 3)
+    return 2.0 * n ** 3 / min(times)
+
+
+def torch_matmul_peak(n: int, dtype, iters: int, device: torch.device) -> float:
+    """FLOP/s of ``a @ b`` for ``n x n`` matrices in ``dtype`` on ``device`` (best of ``iters``)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
+    times = timed(lambda: a @ b, lambda _: torch_sync(device), iters, 3)
+    return 2.0 * n ** 3 / min(times)
+
+
+def make_jax_scorer(graphdef):
+    """``score(state, ids, mask) -> log p of every true token [B, L]`` (float32; 0 at pads)."""
+
+    def score(state, ids, mask):
+        logits = nnx.merge(graphdef, state)(ids, mask)
+        # log p(token) = logit(token) - logsumexp(logits): no [B, L, V] log-probabilities are stored
+        lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+        tok = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0].astype(jnp.float32)
+        return jnp.where(mask, tok - lse, 0.0)
+
+    return jax.jit(score)
+
+
+def run(args) -> dict:
+    """Run the benchmark described by the parsed ``args``; returns the JSON report."""
+    bench = FAMILIES[args.family]
+    shape = args.shape or (bench.smoke_shape if args.smoke else bench.default_shape)
+    dtype_name, torch_dtype = DTYPES[args.dtype]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.smoke:
+        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+    s = bench.setup(shape, dtype_name, args.seq_tokens, args.batch, args.seed, device)
+    tokens = int(s.mask.sum())
+
+    # glmjax
+    score = make_jax_scorer(s.graphdef)
+    ids, mask = jnp.asarray(s.ids), jnp.asarray(s.mask)
+    precision = "highest" if dtype_name == "float32" else "default"
+    with jax.default_matmul_precision(precision):
+        t0 = time.perf_counter()
+        compiled = score.lower(s.state, ids, mask).compile()
+        compile_s = time.perf_counter() - t0
+    ours_times = timed(lambda: compiled(s.state, ids, mask), lambda y: y.block_until_ready(), args.iters, args.warmup)
+    ours_logp = np.asarray(compiled(s.state, ids, mask))
+
+    # peer
+    tids = torch.from_numpy(s.ids).long().to(device)
+    tmask = torch.from_numpy(s.mask).long().to(device)
+
+    def peer_score():
+        with torch.inference_mode():
+            logp = s.peer_logits(tids, tmask).float().log_softmax(-1)
+            return logp.gather(-1, tids[..., None])[..., 0] * tmask
+
+    peer_times = timed(peer_score, lambda _: torch_sync(device), args.iters, args.warmup)
+    peer_logp = peer_score().cpu().numpy()
+    del s.peer_logits
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    n = args.peak_n or (512 if args.smoke else 8192)
+    jax_peak = jax_matmul_peak(n, jnp.dtype(dtype_name), max(args.iters, 10))
+    torch_peak = torch_matmul_peak(n, torch_dtype, max(args.iters, 10), device)
+
+    ours_med, peer_med = statistics.median(ours_times), statistics.median(peer_times)
+    ours_tps, peer_tps = tokens / ours_med, tokens / peer_med
+    fpt = s.flops_per_token
+    cfg = s.config
+    report = {
+        "benchmark": f"{args.family} scoring: forward + log_softmax(fp32) + gather of the true token",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "family": args.family, "shape": shape, "dtype": dtype_name,
+        "seq_tokens": args.seq_tokens, "batch": args.batch, "tokens_per_batch": tokens,
+        "config": {k: getattr(cfg, k) for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size",
+                                                 "vocab_size") if hasattr(cfg, k)},
+        "jax_device": str(jax.devices()[0].device_kind), "jax_backend": jax.default_backend(),
+        "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
+                     "numpy": np.__version__, **{k: v for k, v in s.peer_info.items() if k == "transformers"}},
+        "peer": {k: v for k, v in s.peer_info.items() if k != "transformers"},
+        "jax_matmul_precision": precision,
+        "flops_per_token": fpt,
+        "matmul_peak_flops": {"n": n, "jax": jax_peak, "torch": torch_peak},
+        "glmjax": {"median_s": ours_med, "min_s": min(ours_times), "tokens_per_s": ours_tps,
+                   "tflops": fpt * ours_tps / 1e12, "fraction_of_peak": fpt * ours_tps / jax_peak,
+                   "compile_s": compile_s},
+        "torch": {"median_s": peer_med, "min_s": min(peer_times), "tokens_per_s": peer_tps,
+                  "tflops": fpt * peer_tps / 1e12, "fraction_of_peak": fpt * peer_tps / torch_peak},
+        "speedup_vs_torch": ours_tps / peer_tps,
+        "max_abs_logp_diff_vs_torch": float(np.abs(ours_logp - peer_logp).max()),
+        "mean_logp": {"glmjax": float(ours_logp[s.mask].mean()), "torch": float(peer_logp[s.mask].mean())},
+        "iters": args.iters, "warmup": args.warmup,
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` (as on the command line), run, print and return the JSON report."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="nt", choices=sorted(FAMILIES))
+    ap.add_argument("--shape", default=None, help="the family's preset name (default: the family's main shape; "
+                    "--smoke: its tiny shape)")
+    ap.add_argument("--seq-tokens", type=int, default=None, help="tokens per sequence (default 1000; smoke 32)")
+    ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 64; smoke 2)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations (default 10; smoke 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3; smoke 1)")
+    ap.add_argument("--peak-n", type=int, default=None, help="matmul size of the peak probe (default 8192)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU, a few iterations")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        jax.config.update("jax_platforms", "cpu")
+    args.seq_tokens = args.seq_tokens or (32 if args.smoke else 1000)
+    args.batch = args.batch or (2 if args.smoke else 64)
+    args.iters = args.iters or (2 if args.smoke else 10)
+    args.warmup = args.warmup or (1 if args.smoke else 3)
+    from glmjax.errors import GlmjaxError
+
+    try:
+        report = run(args)
+    except GlmjaxError as e:
+        print(f"bench_forward: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
