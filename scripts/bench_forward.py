@@ -105,16 +105,21 @@ def nt_setup(shape: str, dtype: str, seq_tokens: int, batch: int, seed: int, dev
                           "build; the PyTorch peer exists for the v1 shapes (tiny, v1-500m, v1-2.5b)")
     if seq_tokens > cfg32.max_len:
         raise ConfigError(f"--seq-tokens {seq_tokens} exceeds the {cfg32.max_len}-token context of {shape}")
-    hf_cfg = transformers.EsmConfig(
+    hf_kwargs = dict(
         vocab_size=cfg32.vocab_size, hidden_size=cfg32.hidden_size, num_hidden_layers=cfg32.num_layers,
         num_attention_heads=cfg32.num_heads, intermediate_size=cfg32.intermediate_size,
         max_position_embeddings=cfg32.max_position_embeddings, position_embedding_type="absolute",
         layer_norm_eps=cfg32.layer_norm_eps, token_dropout=cfg32.token_dropout, pad_token_id=1, mask_token_id=2,
         tie_word_embeddings=False, attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0,
-        emb_layer_norm_before=False, attn_implementation="sdpa")
+        emb_layer_norm_before=False)
     torch.manual_seed(seed)
-    with torch.device(device):
-        peer = transformers.EsmForMaskedLM(hf_cfg).eval()
+    try:
+        with torch.device(device):
+            peer = transformers.EsmForMaskedLM(transformers.EsmConfig(**hf_kwargs, attn_implementation="sdpa")).eval()
+    except (ValueError, TypeError):  # a transformers without SDPA for ESM: its default attention
+        torch.manual_seed(seed)
+        with torch.device(device):
+            peer = transformers.EsmForMaskedLM(transformers.EsmConfig(**hf_kwargs)).eval()
     tensors = {k: v.detach().float().cpu().numpy() for k, v in peer.state_dict().items()}
     flat = nt.convert_hf(TensorSource(tensors, "transformers peer"), cfg32)
     del tensors

@@ -468,7 +468,8 @@ def build(cfg: NTConfig, rngs: nnx.Rngs) -> NTModel:
     rng = np.random.default_rng(seed)
     state = nnx.state(module, nnx.Param)
     values = {}
-    for path, var in nnx.to_flat_state(state):
+    flat = nnx.to_flat_state(state) if hasattr(nnx, "to_flat_state") else state.flat_state()
+    for path, var in flat:
         shape, leaf = tuple(_value(var).shape), path[-1]
         if leaf == "scale":
             values[tuple(path)] = np.ones(shape, np.float32)
@@ -476,7 +477,10 @@ def build(cfg: NTConfig, rngs: nnx.Rngs) -> NTModel:
             values[tuple(path)] = np.zeros(shape, np.float32)
         else:
             values[tuple(path)] = rng.normal(0.0, 0.02, shape).astype(np.float32)
-    nnx.replace_by_pure_dict(state, _nest(values))
+    if hasattr(nnx, "replace_by_pure_dict"):
+        nnx.replace_by_pure_dict(state, _nest(values))
+    else:
+        state.replace_by_pure_dict(_nest(values))
     nnx.update(module, state)
     return module
 
