@@ -1,0 +1,460 @@
+"""Exact exposure by enumerating every candidate secret.
+
+The exposure of a canary (Carlini et al., 2019, "The Secret Sharer") with a secret of ``k``
+nucleotides is ``log2 |R| - log2 rank``, ``R`` the ``4^k`` candidate secrets and ``rank`` the
+position of the true secret when candidates are sorted by the model's likelihood given the
+canary's prefix (rank 1 = most likely, so exposure ranges from 0 to ``2k`` bits).
+
+Causal families (:func:`causal_candidate_logprobs`): ``log p(secret | prefix)`` of every candidate
+from a walk of the candidate trie with the family's incremental decoding step
+(:mod:`glmjax.kernels.trie`): the prefix is prefilled once; each trie level extends its parents by
+one base in one batched ``decode_step`` over the children (parent states gathered by index); the
+last level reads its log p off the parents' distributions. That is ``(4^k - 4) / 3`` one-token
+steps instead of ``4^k`` forward passes over prefix + secret. Memory is bounded: once a level
+would hold more than ``block`` nodes, its parents are expanded ``block / 4`` at a time,
+depth-first, with ``block`` the largest power of two whose decoding states along the deepest
+path of the walk fit ``memory_limit`` bytes (default 2 GB).
+
+Masked families (:func:`masked_candidate_pll`): a masked LM defines no likelihood of the secret
+given the prefix; each candidate ``prefix + secret`` is scored by the pseudo-log-likelihood of
+its secret tokens: every token that covers a secret nucleotide is masked once, alone, and the
+log p of the candidate's token at that position is summed (score mode ``pll-secret``). The
+candidates x masked positions are batched through the forward pass.
+
+Candidate order in every output: index = base-4 code of the secret, A=0 C=1 G=2 T=3, first base
+most significant (:func:`glmjax.audit.decoding.codes_to_index`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from glmjax.audit.decoding import (
+    CausalDecoder,
+    as_codes,
+    base_token_ids,
+    causal_prefix_ids,
+    codes_to_index,
+    index_to_codes,
+    state_bytes_per_row,
+    token_strings,
+)
+from glmjax.errors import CanaryError, ConfigError
+from glmjax.kernels import trie
+from glmjax.tokenizers import CharTokenizer, KmerTokenizer
+
+DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3
+MAX_BLOCK = 1 << 16
+MAX_K = 16
+CANDIDATE_CHUNK = 4096  # masked-LM candidates tokenized at a time (bounds host memory)
+
+
+@dataclass
+class TrieStats:
+    """What a trie walk did: ``decode_rows`` single-token steps computed (rows of decode_step,
+    padding of the top levels included; the trie itself needs ``(4^k - 4) / 3``), ``block``
+    (largest level block), ``bytes_per_node`` (decoding state of one node), ``calls`` (jitted
+    expansions), ``seconds`` (wall time, including compilation)."""
+
+    k: int
+    decode_rows: int
+    block: int
+    bytes_per_node: int
+    calls: int
+    seconds: float
+
+
+def choose_block(k: int, bytes_per_node: int, memory_limit: int, vocab: int) -> int:
+    """Largest power-of-two level block (4 <= block <= min(65536, 4^(k-1))) whose trie walk stays
+    within ``memory_limit`` bytes: ``k - 1`` levels of ``block`` decoding states on the depth-first
+    path, the block being expanded, and its float32 logits."""
+    per_node = bytes_per_node + 3 * 4 * vocab
+    cap = min(MAX_BLOCK, 4 ** max(k - 1, 1))
+    block = 4
+    while block * 2 <= cap and trie.live_nodes(max(k - 1, 1), block * 2) * per_node <= memory_limit:
+        block *= 2
+    return block
+
+
+class _Walker:
+    """Depth-first, block-bounded walk of the candidate trie of one prefix.
+
+    Every level array has ``block`` rows so that the level and leaf expansions compile once:
+    levels with fewer nodes (the top of the trie) keep their ``valid`` nodes in the first rows and
+    fill the rest with copies of real states, whose children are computed and ignored.
+    """
+
+    def __init__(self, dec: CausalDecoder, base_ids: np.ndarray, k: int, block: int):
+        self.dec = dec
+        self.base_ids = jnp.asarray(base_ids, jnp.int32)
+        self.k = k
+        self.block = block
+        self.size = block // 4
+        self.level, self.leaves = _expanders(dec)
+        self.pieces: list[tuple[int, int, jax.Array]] = []
+        self.calls = 0
+
+    def walk(self, state: Any, cum: jax.Array, logp4: jax.Array, depth: int, offset: int, valid: int) -> None:
+        """Expand the ``valid`` nodes of ``depth`` held in the first rows (base-4 codes
+        ``offset .. offset + valid - 1``)."""
+        size = self.size
+        for start in range(0, valid, size):
+            s = jnp.asarray(start, jnp.int32)
+            real = min(size, valid - start)
+            self.calls += 1
+            if depth == self.k - 2:
+                out = self.leaves(self.dec.params, state, cum, logp4, self.base_ids, s, size=size)
+                self.pieces.append(((offset + start) * 16, 16 * real, out))
+            else:
+                cs, cc, cl = self.level(self.dec.params, state, cum, logp4, self.base_ids, s, size=size)
+                self.walk(cs, cc, cl, depth + 1, (offset + start) * 4, 4 * real)
+
+
+# Jitted functions are cached per graph definition (GraphDefs compare by structure), so repeated
+# calls on the same architecture reuse compilations whatever the parameter values.
+_EXPANDERS: dict[Any, tuple[Any, Any]] = {}
+_PREFILLS: dict[tuple[Any, int], Any] = {}
+
+
+def _expanders(dec: CausalDecoder) -> tuple[Any, Any]:
+    """Jitted level/leaf expansions of a model's decoding step."""
+    hit = _EXPANDERS.get(dec.graphdef)
+    if hit is None:
+        hit = _EXPANDERS[dec.graphdef] = trie.make_expanders(dec.step)
+    return hit
+
+
+def _prefill_fn(dec: CausalDecoder, max_len: int) -> Any:
+    """Jitted ``(params, ids [B, T]) -> (logits [B, V], state)`` for one cache capacity."""
+    key = (dec.graphdef, max_len)
+    hit = _PREFILLS.get(key)
+    if hit is None:
+        hit = _PREFILLS[key] = jax.jit(lambda params, ids: dec.prefill(params, ids, max_len))
+    return hit
+
+
+def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
+                              memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                              block: int | None = None) -> tuple[np.ndarray, TrieStats]:
+    """``log p(candidate | prefix)`` of all ``4^k`` secrets under a causal model, by trie walk.
+
+    Args:
+      model: a loaded causal model (:class:`glmjax.models.LoadedModel`).
+      prefix: the canary's prefix (DNA string or uint8 codes).
+      k: secret length in nucleotides (1..16).
+      memory_limit: bytes the decoding states of the walk may take (default 2 GB).
+      block: force the level block size (a power of two >= 4) instead of deriving it.
+
+    Returns:
+      ``(logp, stats)``: float32 ``[4^k]`` natural-log probabilities indexed by the base-4 code of
+      the secret (A=0 C=1 G=2 T=3, first base most significant) and :class:`TrieStats`.
+    """
+    if not 1 <= k <= MAX_K:
+        raise ConfigError(f"exact exposure enumerates 4^k candidates; k must be in 1..{MAX_K} (got {k})")
+    if block is not None and (block < 4 or block & (block - 1)):
+        raise ConfigError(f"trie block must be a power of two >= 4 (got {block})")
+    t0 = time.perf_counter()
+    dec = CausalDecoder.of(model)
+    tok = model.tokenizer
+    base_ids = base_token_ids(tok)
+    ids = causal_prefix_ids(tok, as_codes(prefix))
+    max_len = int(ids.shape[0]) + max(k - 1, 0)
+    logits, state = _prefill_fn(dec, max(max_len, int(ids.shape[0])))(dec.params, jnp.asarray(ids)[None])
+    logp4 = trie.base_log_probs(logits, jnp.asarray(base_ids))
+    bpn = state_bytes_per_row(state)
+    if block is None:
+        block = choose_block(k, bpn, int(memory_limit), int(logits.shape[-1]))
+    else:
+        block = max(4, min(block, 4 ** max(k - 1, 1)))
+    out = np.empty(4 ** k, np.float32)
+    walker = _Walker(dec, base_ids, k, block)
+    if k == 1:
+        out[:] = np.asarray(logp4[0])
+    else:
+        rows = jnp.zeros((block,), jnp.int32)
+        root = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), state)
+        walker.walk(root, jnp.zeros((block,), jnp.float32), jnp.take(logp4, rows, axis=0), 0, 0, 1)
+        for start, count, piece in walker.pieces:
+            out[start:start + count] = np.asarray(piece)[:count]
+    stats = TrieStats(k=k, decode_rows=walker.calls * block, block=block, bytes_per_node=bpn,
+                      calls=walker.calls, seconds=time.perf_counter() - t0)
+    return out, stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Masked families: PLL of the secret tokens
+
+
+def secret_token_positions(tokenizer: Any, prefix: np.ndarray, secret: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Token positions of ``prefix + secret`` covering at least one secret nucleotide, and the
+    encoding: ``(positions int [m], Encoded)``."""
+    codes = np.concatenate([prefix, secret]).astype(np.uint8)
+    enc = tokenizer.encode_codes(codes)
+    nts = enc.nucleotides.astype(np.int64)
+    end = np.cumsum(nts)
+    start = end - nts
+    p = prefix.shape[0]
+    cover = (nts > 0) & (end > p) & (start < p + secret.shape[0])
+    return np.flatnonzero(cover), enc
+
+
+def candidate_token_groups(tokenizer: Any, prefix: np.ndarray,
+                           secrets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Token ids of every ``prefix + secret`` candidate, grouped by token layout.
+
+    Returns a list of ``(positions int [m], members int [n], ids int32 [n, L])``: the token
+    positions covering a secret nucleotide, the candidates (rows of ``secrets``) of the group and
+    their token ids. Character and k-mer tokenizers split every N-free candidate at the same
+    places, so their ids are built in one vectorised pass from the token spans; BPE may split
+    candidates differently and is encoded one candidate at a time.
+    """
+    secrets = np.atleast_2d(np.asarray(secrets, np.uint8))
+    n, k = secrets.shape
+    if isinstance(tokenizer, (CharTokenizer, KmerTokenizer)):
+        pos, enc = secret_token_positions(tokenizer, prefix, secrets[0])
+        nts = enc.nucleotides.astype(np.int64)
+        starts = np.cumsum(nts) - nts
+        lut = _span_lookup(tokenizer)
+        full = np.concatenate([np.broadcast_to(prefix, (n, prefix.shape[0])), secrets], axis=1).astype(np.int64)
+        ids = np.broadcast_to(enc.ids.astype(np.int32), (n, enc.ids.shape[0])).copy()
+        for t in pos.tolist():
+            width = int(nts[t])
+            span = full[:, starts[t]:starts[t] + width]
+            code = span @ (4 ** np.arange(width - 1, -1, -1, dtype=np.int64))
+            table = lut.get(width)
+            if table is None:
+                raise ConfigError(f"tokenizer {tokenizer.name!r} has no tokens of {width} nucleotides")
+            ids[:, t] = table[code]
+        return [(pos, np.arange(n), ids)]
+    groups: dict[tuple[int, ...], tuple[np.ndarray, list[int], list[np.ndarray]]] = {}
+    for j in range(n):
+        pos, enc = secret_token_positions(tokenizer, prefix, secrets[j])
+        key = (int(enc.ids.shape[0]), *pos.tolist())
+        g = groups.setdefault(key, (pos, [], []))
+        g[1].append(j)
+        g[2].append(enc.ids.astype(np.int32))
+    return [(pos, np.asarray(mem), np.stack(ids)) for pos, mem, ids in groups.values()]
+
+
+def _span_lookup(tokenizer: Any) -> dict[int, np.ndarray]:
+    """Per token width ``w``: int32 ``[4^w]`` id of the token spelling each base-4 code (-1: none)."""
+    tables: dict[int, np.ndarray] = {}
+    for tid, s in enumerate(token_strings(tokenizer)):
+        if s is None:
+            continue
+        w = len(s)
+        if w not in tables:
+            tables[w] = np.full(4 ** w, -1, np.int32)
+        tables[w][codes_to_index(as_codes(s))] = tid
+    return tables
+
+
+_PLL_FNS: dict[tuple[Any, int], Any] = {}
+
+
+def _pll_rows_fn(model: Any) -> Any:
+    """Jitted ``(params, ids [N, L], att [N, L], pos [N]) -> log p [N]`` of ``ids[n, pos[n]]`` with
+    that position replaced by the mask token."""
+    from flax import nnx
+
+    graphdef, _ = nnx.split(model.module)
+    mask_id = int(model.tokenizer.mask_id)
+    key = (graphdef, mask_id)
+    hit = _PLL_FNS.get(key)
+    if hit is None:
+
+        def rows(params, ids, att, pos):
+            m = nnx.merge(graphdef, params)
+            r = jnp.arange(ids.shape[0])
+            target = ids[r, pos]
+            x = ids.at[r, pos].set(mask_id)
+            logits = m(x, att).astype(jnp.float32)
+            return jax.nn.log_softmax(logits[r, pos], axis=-1)[r, target]
+
+        hit = _PLL_FNS[key] = jax.jit(rows)
+    return hit
+
+
+def masked_candidate_pll(model: Any, prefix: str | np.ndarray, k: int, batch_size: int = 1024,
+                         candidates: np.ndarray | None = None) -> np.ndarray:
+    """PLL of the secret tokens of every candidate ``prefix + secret`` under a masked LM.
+
+    Args:
+      model: a loaded masked LM (with a tokenizer that has a mask token).
+      prefix: the canary's prefix (DNA string or uint8 codes).
+      k: secret length in nucleotides.
+      batch_size: rows (candidate x masked position) per forward pass.
+      candidates: optional int ``[n]`` base-4 indices to score instead of all ``4^k``.
+
+    Returns:
+      float32 ``[n]`` (``[4^k]`` by default, indexed by base-4 code): the sum over the tokens
+      covering a secret nucleotide of ``log p(token | sequence with that token masked)``.
+    """
+    if model.objective != "masked":
+        raise ConfigError(f"{model.family} is causal; use causal_candidate_logprobs")
+    tok = model.tokenizer
+    if tok.mask_id is None:
+        raise ConfigError(f"tokenizer {tok.name!r} has no mask token")
+    if not 1 <= k <= MAX_K:
+        raise ConfigError(f"exact exposure enumerates 4^k candidates; k must be in 1..{MAX_K} (got {k})")
+    from glmjax.engine.batching import padding_policy
+
+    prefix = as_codes(prefix)
+    idx = np.arange(4 ** k, dtype=np.int64) if candidates is None else np.asarray(candidates, np.int64)
+    # families with an attention mask take right-padded rows, so every layout shares one shape
+    pad_rows = padding_policy(model.objective, model.family, model.spec.architecture_class) == "right"
+    fn = _pll_rows_fn(model)
+    params = model.state
+    out = np.zeros(idx.shape[0], np.float64)
+    for lo in range(0, idx.shape[0], CANDIDATE_CHUNK):
+        sel = np.arange(lo, min(lo + CANDIDATE_CHUNK, idx.shape[0]))
+        rows: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for pos, members, ids in candidate_token_groups(tok, prefix, index_to_codes(idx[sel], k)):
+            m = pos.shape[0]
+            if m == 0:
+                continue
+            rows.setdefault(ids.shape[1], []).append(
+                (np.repeat(ids, m, axis=0), np.tile(pos.astype(np.int32), members.shape[0]),
+                 np.repeat(sel[members], m)))
+        if pad_rows and len(rows) > 1:
+            width = max(rows)
+            merged = []
+            for length, parts in rows.items():
+                for ids, pos, owner in parts:
+                    padded = np.full((ids.shape[0], width), tok.pad_id, np.int32)
+                    padded[:, :length] = ids
+                    merged.append((padded, pos, owner))
+            rows = {width: merged}
+        for parts in rows.values():
+            ids = np.concatenate([p[0] for p in parts])
+            pos = np.concatenate([p[1] for p in parts])
+            owner = np.concatenate([p[2] for p in parts])
+            valid = ids != tok.pad_id if pad_rows else np.ones(ids.shape, bool)
+            _score_rows(fn, params, ids, valid, pos, owner, out, batch_size)
+    return out.astype(np.float32)
+
+
+def _score_rows(fn: Any, params: Any, ids: np.ndarray, att: np.ndarray, pos: np.ndarray, owner: np.ndarray,
+                out: np.ndarray, batch_size: int) -> None:
+    """Add the masked log p of rows ``(ids [R, L], att [R, L], pos [R])`` to ``out[owner]``, in
+    batches padded to a fixed row count (a power of two up to ``batch_size``)."""
+    total = ids.shape[0]
+    rows = max(1, min(batch_size, 1 << max(total - 1, 0).bit_length()))
+    for lo in range(0, total, rows):
+        hi = min(lo + rows, total)
+        b_ids = np.zeros((rows, ids.shape[1]), np.int32)
+        b_att = np.ones((rows, ids.shape[1]), bool)
+        b_pos = np.zeros(rows, np.int32)
+        b_ids[: hi - lo], b_att[: hi - lo], b_pos[: hi - lo] = ids[lo:hi], att[lo:hi], pos[lo:hi]
+        lp = np.asarray(fn(params, jnp.asarray(b_ids), jnp.asarray(b_att), jnp.asarray(b_pos)))
+        np.add.at(out, owner[lo:hi], lp[: hi - lo].astype(np.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# Rank and exposure
+
+
+def rank_of(logp: np.ndarray, index: int) -> int:
+    """Rank of candidate ``index`` (1 = most likely): 1 + the number of candidates with a strictly
+    higher score (ties resolved in the candidate's favour, as :mod:`glmjax.audit.exposure`)."""
+    logp = np.asarray(logp)
+    return int(np.count_nonzero(logp > logp[index])) + 1
+
+
+def exposure_of_scores(logp: np.ndarray, index: int) -> tuple[int, float]:
+    """``(rank, exposure in bits)`` of candidate ``index`` among all candidates' ``logp`` (higher =
+    more likely), through :func:`glmjax.audit.exposure.exact_exposure` (log-perplexity = -logp)."""
+    from glmjax.audit import exposure
+
+    nll = -np.asarray(logp, np.float64)
+    expo, rank = exposure.exact_exposure(nll[index:index + 1], nll)
+    return int(rank[0]), float(expo[0])
+
+
+@dataclass
+class ExactExposure:
+    """Exact exposure of one canary.
+
+    ``logp``: float32 ``[4^k]`` candidate scores (natural log; ``mode`` says which: ``causal-exact``
+    = log p(secret | prefix), ``pll-secret`` = PLL of the secret tokens). ``secret`` is carried for
+    the caller and never shown by :meth:`to_dict` unless ``reveal``.
+    """
+
+    canary_id: str
+    repetitions: int
+    k: int
+    secret: str
+    secret_index: int
+    rank: int
+    exposure: float
+    secret_logp: float
+    max_logp: float
+    mode: str
+    seconds: float
+    logp: np.ndarray = field(repr=False)
+    stats: TrieStats | None = None
+
+    def to_dict(self, reveal: bool = False) -> dict[str, Any]:
+        """JSON-ready summary (no candidate array; the secret only when ``reveal``)."""
+        import hashlib
+
+        d = {"id": self.canary_id, "repetitions": self.repetitions, "k": self.k,
+             "candidates": int(4 ** self.k), "rank": self.rank, "exposure_bits": self.exposure,
+             "max_exposure_bits": 2.0 * self.k, "secret_logp": self.secret_logp, "max_logp": self.max_logp,
+             "mode": self.mode, "seconds": self.seconds,
+             "secret_sha256": hashlib.sha256(self.secret.encode()).hexdigest()}
+        if self.stats is not None:
+            d["trie"] = {"decode_rows": self.stats.decode_rows, "block": self.stats.block,
+                         "bytes_per_node": self.stats.bytes_per_node, "calls": self.stats.calls}
+        if reveal:
+            d["secret"] = self.secret
+        return d
+
+
+def exact_exposure(model: Any, prefix: str | np.ndarray, secret: str | np.ndarray, canary_id: str = "",
+                   repetitions: int = 0, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                   batch_size: int = 1024, block: int | None = None) -> ExactExposure:
+    """Exact exposure of one canary (``prefix``, ``secret``) under ``model`` (causal: trie walk;
+    masked: PLL of the secret tokens over all candidates); ``block`` as in
+    :func:`causal_candidate_logprobs`."""
+    t0 = time.perf_counter()
+    secret_codes = as_codes(secret)
+    k = int(secret_codes.shape[0])
+    if k == 0:
+        raise CanaryError(f"canary {canary_id or '?'} has an empty secret")
+    index = codes_to_index(secret_codes)
+    stats = None
+    if model.objective == "causal":
+        logp, stats = causal_candidate_logprobs(model, prefix, k, memory_limit=memory_limit, block=block)
+        mode = "causal-exact"
+    else:
+        logp = masked_candidate_pll(model, prefix, k, batch_size=batch_size)
+        mode = "pll-secret"
+    rank, expo = exposure_of_scores(logp, index)
+    from glmjax import alphabet
+
+    return ExactExposure(canary_id=canary_id, repetitions=int(repetitions), k=k,
+                         secret=alphabet.decode(secret_codes), secret_index=index, rank=rank, exposure=expo,
+                         secret_logp=float(logp[index]), max_logp=float(logp.max()), mode=mode,
+                         seconds=time.perf_counter() - t0, logp=logp, stats=stats)
+
+
+def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                    batch_size: int = 1024, keep_scores: bool = False) -> list[ExactExposure]:
+    """Exact exposure of every manifest entry (dicts with ``id``, ``prefix``, ``secret``,
+    ``repetitions``); ``keep_scores=False`` drops the ``4^k`` arrays after ranking."""
+    out = []
+    for e in canaries:
+        r = exact_exposure(model, e["prefix"], e["secret"], canary_id=str(e.get("id", "")),
+                           repetitions=int(e.get("repetitions", 0)), memory_limit=memory_limit,
+                           batch_size=batch_size)
+        if not keep_scores:
+            r.logp = np.empty(0, np.float32)
+        out.append(r)
+    return out
