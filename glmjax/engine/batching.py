@@ -1,0 +1,303 @@
+"""Host side of scoring: vectorised tokenization, windows, length buckets and padded batches.
+
+Sequences are tokenized a block at a time into one flat array (:class:`TokenBlock`), grouped by
+token length into a small fixed set of **buckets** (so that ``jax.jit`` compiles a few shapes, not
+one per batch) and packed into right-padded batches.
+
+Bucket lengths (:func:`bucket_length`): the smallest ``m * 2**e`` (``m`` in 8..15) that holds the
+sequence, i.e. eight buckets per octave (at most 12.5 % padding beyond 64 tokens), at least 16,
+rounded to a multiple of 8 and clipped to the model's context.
+
+Padding policy (:func:`padding_policy`), chosen so that a sequence's scores never depend on its
+batch companions, its bucket or the batch size, and equal the reference on unpadded input:
+
+* ``"right"``: causal models (pads come after every scored position, so causality alone keeps
+  them out of every prediction, whatever the family's padding side) and masked LMs with an
+  attention mask (pads are masked keys);
+* ``"exact"``: bidirectional models without an attention mask (Caduceus): any pad would be seen
+  as input, so sequences are grouped by *exact* token length and batches carry no padding at all.
+  Windowed data has one or two distinct lengths, so this compiles few shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from glmjax.tokenizers import BPETokenizer, CharTokenizer, Encoded, KmerTokenizer, Tokenizer
+
+# Families that take no attention mask (they treat pads as input, like their references).
+MASKLESS_CLASSES = ("long-convolution", "state-space")
+MASKLESS_FAMILIES = ("hyenadna", "caduceus", "mamba")
+
+
+def padding_policy(objective: str, family: str = "", architecture_class: str = "") -> str:
+    """``"right"`` or ``"exact"`` (see the module docstring)."""
+    maskless = architecture_class in MASKLESS_CLASSES or family in MASKLESS_FAMILIES
+    return "exact" if (objective == "masked" and maskless) else "right"
+
+
+def bucket_length(n: int, max_len: int | None = None, min_len: int = 16) -> int:
+    """Padded length for a sequence of ``n`` tokens: eight buckets per octave, multiple of 8."""
+    n = max(int(n), min_len)
+    e = max(n.bit_length() - 4, 0)
+    q = 1 << e
+    b = -(-n // q) * q
+    b = -(-b // 8) * 8
+    if max_len is not None and b > max_len >= n:
+        b = int(max_len)
+    return b
+
+
+@dataclass
+class TokenBlock:
+    """Tokenized pieces (sequences or windows of sequences), flattened.
+
+    Attributes:
+      ids: int32 ``[T]`` token ids of all pieces, concatenated.
+      scored: bool ``[T]``: token covers nucleotides.
+      nucleotides: int32 ``[T]``: nucleotides covered by each token.
+      offsets: int64 ``[P + 1]``: piece ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+    """
+
+    ids: np.ndarray
+    scored: np.ndarray
+    nucleotides: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def piece(self, i: int) -> Encoded:
+        sl = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+        return Encoded(self.ids[sl], self.scored[sl], self.nucleotides[sl])
+
+
+def _from_encoded(encs: Sequence[Encoded]) -> TokenBlock:
+    lens = np.fromiter((e.ids.shape[0] for e in encs), np.int64, count=len(encs))
+    offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    if not encs:
+        return TokenBlock(np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, np.int32), offs)
+    return TokenBlock(np.concatenate([e.ids for e in encs]).astype(np.int32),
+                      np.concatenate([e.scored for e in encs]).astype(bool),
+                      np.concatenate([e.nucleotides for e in encs]).astype(np.int32), offs)
+
+
+def _segment_positions(lengths: np.ndarray) -> np.ndarray:
+    """For concatenated segments of the given lengths: position of each element in its segment."""
+    total = int(lengths.sum())
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+
+
+def _char_block(tok: CharTokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+    n = np.diff(offsets).astype(np.int64)
+    pre = int(tok.bos_id is not None)
+    post = int(tok.eos_id is not None)
+    tl = n + pre + post
+    toff = np.concatenate([[0], np.cumsum(tl)]).astype(np.int64)
+    total = int(toff[-1])
+    ids = np.empty(total, np.int32)
+    scored = np.zeros(total, bool)
+    body = np.arange(int(offsets[-1] - offsets[0]), dtype=np.int64) + np.repeat(toff[:-1] + pre - (offsets[:-1] - offsets[0]), n)
+    ids[body] = np.asarray(tok.base_ids, np.int32)[codes[int(offsets[0]):int(offsets[-1])]]
+    scored[body] = True
+    if pre:
+        ids[toff[:-1]] = tok.bos_id
+    if post:
+        ids[toff[1:] - 1] = tok.eos_id
+    return TokenBlock(ids, scored, scored.astype(np.int32), toff)
+
+
+def _kmer_block(tok: KmerTokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+    """NT k-mer tokenization, vectorised for pieces without N (the others go through the tokenizer)."""
+    k = tok.k
+    base = int(offsets[0])
+    n = np.diff(offsets).astype(np.int64)
+    seg = codes[base:int(offsets[-1])]
+    has_n = np.zeros(n.shape[0], bool)
+    if seg.size:
+        is_n = (seg == 4).astype(np.int64)
+        cum = np.concatenate([[0], np.cumsum(is_n)])
+        has_n = (cum[offsets[1:] - base] - cum[offsets[:-1] - base]) > 0
+    m = n // k
+    r = n % k
+    tl = np.where(has_n, 0, 1 + m + r)
+    # Pieces with N: tokenized one by one (exact rules for N-separated chunks).
+    slow = {int(i): tok.encode_codes(codes[int(offsets[i]):int(offsets[i + 1])]) for i in np.flatnonzero(has_n)}
+    for i, e in slow.items():
+        tl[i] = e.ids.shape[0]
+    toff = np.concatenate([[0], np.cumsum(tl)]).astype(np.int64)
+    total = int(toff[-1])
+    ids = np.empty(total, np.int32)
+    nts = np.zeros(total, np.int32)
+    fast = ~has_n
+    ids[toff[:-1][fast]] = tok.cls_id
+    if seg.size:
+        nt = np.array([0, 2, 3, 1, 0], np.int64)[seg]          # A C G T -> index in "ATCG"
+        pos = _segment_positions(n)                              # position within its piece
+        piece_of = np.repeat(np.arange(n.shape[0]), n)
+        ok = fast[piece_of]
+        # k-mer starts: positions p with p % k == 0 and p + k <= n
+        start_mask = ok & (pos % k == 0) & (pos + k <= n[piece_of])
+        starts = np.flatnonzero(start_mask)
+        val = np.zeros(starts.shape[0], np.int64)
+        for j in range(k):
+            val = val * 4 + nt[starts + j]
+        kidx = pos[starts] // k
+        dst = toff[piece_of[starts]] + 1 + kidx
+        ids[dst] = (val + tok.kmer_offset).astype(np.int32)
+        nts[dst] = k
+        # leftover single bases after the last full k-mer
+        rest = np.flatnonzero(ok & (pos >= m[piece_of] * k))
+        rdst = toff[piece_of[rest]] + 1 + m[piece_of[rest]] + (pos[rest] - m[piece_of[rest]] * k)
+        ids[rdst] = (nt[rest] + tok.single_offset).astype(np.int32)
+        nts[rdst] = 1
+    for i, e in slow.items():
+        ids[toff[i]:toff[i + 1]] = e.ids
+        nts[toff[i]:toff[i + 1]] = e.nucleotides
+    return TokenBlock(ids, nts > 0, nts, toff)
+
+
+def tokenize_block(tokenizer: Tokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+    """Tokenize pieces given as one flat code array and ``offsets`` (``[P + 1]``, absolute).
+
+    Character and k-mer tokenizers are vectorised over the whole block (identical to
+    ``tokenizer.encode_codes`` piece by piece, which is tested); BPE goes through the Rust
+    tokenizer's batch encoder; any other tokenizer is called piece by piece.
+    """
+    offsets = np.asarray(offsets, np.int64)
+    if isinstance(tokenizer, CharTokenizer):
+        return _char_block(tokenizer, codes, offsets)
+    if isinstance(tokenizer, KmerTokenizer):
+        return _kmer_block(tokenizer, codes, offsets)
+    pieces = [codes[int(offsets[i]):int(offsets[i + 1])] for i in range(offsets.shape[0] - 1)]
+    if isinstance(tokenizer, BPETokenizer):
+        from glmjax import alphabet
+
+        return _from_encoded(tokenizer.encode_batch([alphabet.decode(p) for p in pieces]))
+    return _from_encoded([tokenizer.encode_codes(p) for p in pieces])
+
+
+def window_pieces(lengths: np.ndarray, window: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut sequences into consecutive non-overlapping windows of ``window`` nucleotides.
+
+    Sequences not longer than ``window`` (or all, when ``window`` is None) stay whole.
+
+    Returns:
+      ``(seq_index, piece_index, start)`` int64 arrays, one entry per piece, in sequence order:
+      the piece covers nucleotides ``[start, min(start + window, length))`` of its sequence.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    if window is None:
+        idx = np.arange(lengths.shape[0], dtype=np.int64)
+        return idx, np.zeros_like(idx), np.zeros_like(idx)
+    counts = np.maximum(1, -(-lengths // int(window)))
+    seq = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), counts)
+    piece = _segment_positions(counts)
+    return seq, piece, piece * int(window)
+
+
+@dataclass
+class Batch:
+    """One padded batch, numpy, ready to be put on devices.
+
+    ``pieces`` are indices into the block's pieces (``-1`` for filler rows that only pad the
+    batch to its fixed size; fillers repeat the first row and their results are dropped).
+    """
+
+    pieces: np.ndarray
+    ids: np.ndarray
+    attention_mask: np.ndarray
+    scored: np.ndarray
+    rows: np.ndarray
+    piece_index: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def num_real(self) -> int:
+        return int((self.pieces >= 0).sum())
+
+
+def rows_per_batch(length: int, batch_tokens: int, num_devices: int, copies: int = 1,
+                   max_rows: int | None = None) -> int:
+    """Sequences per batch for a bucket: ``batch_tokens`` tokens per device and forward pass
+    (``copies`` masked copies of each sequence count as ``copies`` sequences), a multiple of
+    ``num_devices``. ``max_rows`` (the size of a small input) caps it, rounded up to a power of
+    two per device so that inputs of similar sizes share compiled shapes."""
+    per_dev = max(1, int(batch_tokens) // (int(length) * max(1, int(copies))))
+    if max_rows is not None:
+        cap = max(1, -(-int(max_rows) // num_devices))
+        per_dev = min(per_dev, 1 << (cap - 1).bit_length())
+    return per_dev * num_devices
+
+
+def plan_batches(lengths: np.ndarray, policy: str, max_len: int | None, batch_rows) -> list[tuple[int, np.ndarray]]:
+    """Group pieces into batches: ``[(padded_length, piece_indices), ...]``.
+
+    Args:
+      lengths: token length of every piece.
+      policy: ``"right"`` (bucketed) or ``"exact"`` (group by exact length).
+      max_len: model context (bucket lengths are clipped to it).
+      batch_rows: ``padded_length -> rows per batch``.
+
+    Within a bucket pieces keep their input order; batches are ordered by bucket length.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    if lengths.size == 0:
+        return []
+    if policy == "exact":
+        buckets = np.maximum(lengths, 1)
+    else:
+        uniq, inv = np.unique(lengths, return_inverse=True)
+        buckets = np.array([bucket_length(int(u), max_len) for u in uniq], np.int64)[inv.reshape(-1)]
+    order = np.argsort(buckets, kind="stable")
+    sb = buckets[order]
+    cuts = np.flatnonzero(np.diff(sb)) + 1
+    out = []
+    for grp in np.split(order, cuts):
+        blen = int(buckets[grp[0]])
+        b = int(batch_rows(blen))
+        for lo in range(0, grp.shape[0], b):
+            out.append((blen, grp[lo:lo + b]))
+    return out
+
+
+def assemble(block: TokenBlock, pieces: np.ndarray, length: int, size: int, pad_id: int,
+             rows: np.ndarray, piece_index: np.ndarray) -> Batch:
+    """Right-pad the given pieces of ``block`` into a :class:`Batch` of ``size`` rows x ``length``.
+
+    Args:
+      block: the tokenized pieces.
+      pieces: indices of the pieces in this batch (at most ``size``).
+      length: padded length (every piece must fit).
+      size: rows of the batch; missing rows are fillers (copies of the first piece).
+      pad_id: token id of padding.
+      rows, piece_index: per-piece input row and window index (for the random PLL masks).
+    """
+    real = np.asarray(pieces, np.int64)
+    fill = np.concatenate([real, np.full(size - real.shape[0], real[0], np.int64)])
+    lens = block.lengths[fill]
+    if int(lens.max(initial=0)) > length:
+        raise ValueError(f"a piece of {int(lens.max())} tokens does not fit length {length}")
+    col = _segment_positions(lens)
+    row = np.repeat(np.arange(size), lens)
+    src = col + np.repeat(block.offsets[fill], lens)
+    ids = np.full((size, length), pad_id, np.int32)
+    att = np.zeros((size, length), bool)
+    sc = np.zeros((size, length), bool)
+    ids[row, col] = block.ids[src]
+    att[row, col] = True
+    sc[row, col] = block.scored[src]
+    tag = np.concatenate([real, np.full(size - real.shape[0], -1, np.int64)])
+    return Batch(tag, ids, att, sc, np.asarray(rows, np.int64)[fill].astype(np.int32),
+                 np.asarray(piece_index, np.int64)[fill].astype(np.int32))

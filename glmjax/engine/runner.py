@@ -1,0 +1,616 @@
+"""The scoring engine: streaming, bucketed, sharded, resumable scoring of a sequence input.
+
+Pipeline (:func:`score`)::
+
+    input rows ──(thread: read block, window, tokenize, bucket, pad, device_put)──▶ queue
+        ──(main: jitted forward + statistics, async dispatch, a few batches in flight)──▶
+        per-block results, reordered to input order ──(thread: HDF5 append + commit)──▶ ScoreStore
+
+* Rows are processed in blocks (``block_rows``); a block's rows are written, in input order, once
+  all its batches are back, and each write commits the row counter. A killed run is resumed by
+  the same command: rows up to the counter are kept, the rest are scored again (no lost and no
+  duplicated rows). Out-of-order buffering is therefore bounded by one or two blocks.
+* Every batch is padded to a fixed size (a multiple of the device count) and length bucket, so
+  ``jax.jit`` compiles a handful of shapes; compiled programs are cached on disk
+  (:func:`configure_compilation_cache`).
+* Sequences longer than the model's context raise before any scoring, unless ``window`` is
+  given: then each such sequence is cut into consecutive non-overlapping windows of ``window``
+  nucleotides, every window is tokenized and scored as a sequence of its own (no context crosses
+  a window boundary; for a causal model the first token of each window is predicted from the
+  window's own start), and the row's statistics are computed over the tokens of all its windows.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glmjax.engine import batching, sharding
+from glmjax.engine.inputs import open_input
+from glmjax.engine.scorestore import MINK_PERCENTS, TOKEN_COLUMNS, ScoreStoreWriter
+from glmjax.errors import ConfigError, GlmjaxError, SequenceError, StoreError
+from glmjax.kernels.logprob import STAT_NAMES, causal_scores
+from glmjax.kernels.pll import pll_exact, pll_patterns, random_patterns, strided_patterns
+from glmjax.kernels.reductions import row_stat_names, sequence_reductions
+from glmjax.storage import partial_path
+
+ROW_STATS = row_stat_names(MINK_PERCENTS)
+DEFAULT_FRACTION = 0.15
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+def configure_compilation_cache(path: str | None = None) -> str | None:
+    """Enable JAX's persistent compilation cache.
+
+    Location: ``path``, else ``$GLMJAX_JAX_CACHE``, else ``~/.cache/glmjax/jax``; the value
+    ``off`` disables it. Returns the directory used (None when disabled).
+    """
+    path = path or os.environ.get("GLMJAX_JAX_CACHE") or str(Path.home() / ".cache" / "glmjax" / "jax")
+    if path.lower() in ("off", "none", "0", ""):
+        return None
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
+@dataclass(frozen=True)
+class ScoringMode:
+    """How a sequence's log-likelihood is computed: ``name`` in
+    :data:`glmjax.engine.scorestore.MODES` and its parameters (recorded with every score)."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def describe(self) -> str:
+        ps = ", ".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.name} ({ps})" if ps else self.name
+
+
+def parse_mode(objective: str, pll: str | None = None, seed: int = 0) -> ScoringMode:
+    """The scoring mode of a model: ``causal`` for causal LMs; for masked LMs the PLL variant
+    ``exact`` (default), ``strided:K`` or ``random:K`` / ``random:K:FRACTION``."""
+    if objective == "causal":
+        if pll:
+            raise ConfigError("--pll applies to masked language models; this model is causal "
+                              "(its log-likelihood is exact)")
+        return ScoringMode("causal")
+    spec = (pll or "exact").strip().lower()
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind == "exact" and not rest:
+            return ScoringMode("pll-exact")
+        if kind == "strided":
+            k = int(rest)
+            if k < 1:
+                raise ValueError
+            return ScoringMode("pll-strided", (("k", k),))
+        if kind == "random":
+            parts = rest.split(":")
+            k = int(parts[0])
+            frac = float(parts[1]) if len(parts) > 1 else DEFAULT_FRACTION
+            if k < 1 or not 0.0 < frac <= 1.0 or len(parts) > 2:
+                raise ValueError
+            return ScoringMode("pll-random", (("fraction", frac), ("k", k), ("seed", int(seed))))
+    except ValueError:
+        pass
+    raise ConfigError(f"--pll {pll!r} is not understood; use exact, strided:K (K >= 1) or "
+                      "random:K[:FRACTION] (e.g. random:8 masks 15% per copy)")
+
+
+def context_length(model) -> int | None:
+    """The model's context in tokens (None when the family has no limit)."""
+    cfg = model.config
+    for name in ("max_len", "max_position_embeddings", "n_positions", "max_seq_len", "l_max",
+                 "context_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def default_batch_tokens() -> int:
+    """Tokens per device and forward pass: 64k on accelerators, 4k on CPU."""
+    return 4096 if jax.default_backend() == "cpu" else 65536
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled scoring of one batch
+
+def copies_per_pass(mode: ScoringMode, batch_tokens: int, length: int) -> int:
+    """Masked copies of each sequence per forward pass: as many as fit ``batch_tokens`` tokens
+    (at least 1, at most the copies the mode needs: ``length`` for exact PLL, ``k`` otherwise)."""
+    if mode.name == "causal":
+        return 1
+    total = length if mode.name == "pll-exact" else int(mode.param_dict["k"])
+    return max(1, min(total, int(batch_tokens) // max(1, int(length))))
+
+
+class Scorer:
+    """Jitted scoring of padded batches for one model and mode on one mesh.
+
+    ``scorer(batch)`` takes device arrays (``ids``, ``attention_mask``, ``scored``, ``rows``,
+    ``pieces``; batch-sharded) and returns ``(row_stats [B, R] float32, token_stats)`` where
+    ``R = len(ROW_STATS)`` and ``token_stats`` is ``[B, L, 6]`` float32 (``STAT_NAMES`` order)
+    when ``per_token`` is set, else None. Row statistics are computed on device over the valid
+    positions (causal: scored tokens after the first; PLL: scored tokens that were masked).
+
+    Args:
+      model: a :class:`glmjax.models.base.LoadedModel`.
+      mode: the :class:`ScoringMode`.
+      mesh: device mesh (batch on ``"data"``).
+      per_token: also return per-token statistics.
+      batch_tokens: tokens per device and forward pass; sets masked copies per pass for PLL.
+      chunk: position block size for the vocabulary statistics (None: whole batch at once).
+    """
+
+    def __init__(self, model, mode: ScoringMode, mesh, per_token: bool = False,
+                 batch_tokens: int | None = None, chunk: int | None = None):
+        self.model = model
+        self.mode = mode
+        self.mesh = mesh
+        self.per_token = per_token
+        self.batch_tokens = int(batch_tokens or default_batch_tokens())
+        self.num_devices = sharding.num_devices(mesh)
+        graphdef, state = nnx.split(model.module)
+        self.state = sharding.replicate(state, mesh)
+        mask_id = model.tokenizer.mask_id
+        if mode.name != "causal" and mask_id is None:
+            raise ConfigError(f"{model.family}: the tokenizer has no mask token; PLL scoring needs one")
+        key = (graphdef, mode, per_token, self.batch_tokens, chunk, mask_id)
+        self._jit = _JIT_CACHE.get(key)
+        if self._jit is None:
+            self._jit = _build_jit(graphdef, mode, per_token, chunk, mask_id,
+                                   functools.partial(copies_per_pass, mode, self.batch_tokens))
+            if len(_JIT_CACHE) >= 16:
+                _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+            _JIT_CACHE[key] = self._jit
+
+    def copies(self, length: int) -> int:
+        """Masked copies per sequence and forward pass for a bucket length (1 for causal)."""
+        return copies_per_pass(self.mode, self.batch_tokens, length)
+
+    def rows_per_batch(self, length: int, max_rows: int | None = None) -> int:
+        """Batch rows for a bucket length (a multiple of the device count)."""
+        return batching.rows_per_batch(length, self.batch_tokens, self.num_devices, self.copies(length), max_rows)
+
+    def __call__(self, batch: dict[str, jax.Array]):
+        return self._jit(self.state, batch["ids"], batch["attention_mask"], batch["scored"], batch["rows"],
+                         batch["pieces"])
+
+    def lower(self, batch: dict[str, Any]):
+        """``jax.jit(...).lower`` for a batch (compile-time and cost analysis in benchmarks)."""
+        return self._jit.lower(self.state, batch["ids"], batch["attention_mask"], batch["scored"], batch["rows"],
+                               batch["pieces"])
+
+    def device_batch(self, b: batching.Batch) -> dict[str, jax.Array]:
+        """Put a host :class:`~glmjax.engine.batching.Batch` on the mesh."""
+        return sharding.put_batch({"ids": b.ids, "attention_mask": b.attention_mask, "scored": b.scored,
+                                   "rows": b.rows, "pieces": b.piece_index}, self.mesh)
+
+
+# Compiled scoring functions, shared by scorers of models with the same structure and options
+# (scoring several inputs with one model, or a model and its fine-tuned copies, compiles once).
+_JIT_CACHE: dict = {}
+
+
+def _build_jit(graphdef, mode: ScoringMode, per_token: bool, chunk: int | None, mask_id: int | None,
+               copies_for: Callable[[int], int]):
+    params = mode.param_dict
+
+    def fn(state, ids, attention_mask, scored, rows, pieces):
+        def forward(x, m):
+            return nnx.merge(graphdef, state)(x, m)
+
+        n = ids.shape[1]
+        if mode.name == "causal":
+            st, valid = causal_scores(forward, ids, attention_mask, scored, chunk)
+        elif mode.name == "pll-exact":
+            st, valid = pll_exact(forward, ids, attention_mask, scored, mask_id, copies_for(n), chunk)
+        elif mode.name == "pll-strided":
+            pats = strided_patterns(scored, params["k"])
+            st, valid = pll_patterns(forward, ids, attention_mask, scored, mask_id, pats, copies_for(n), chunk)
+        else:
+            pats = random_patterns(scored, rows, pieces, params["k"], params["fraction"], params["seed"])
+            st, valid = pll_patterns(forward, ids, attention_mask, scored, mask_id, pats, copies_for(n), chunk)
+        red = sequence_reductions(*st, valid)
+        row = jnp.stack([red[k].astype(jnp.float32) for k in ROW_STATS], axis=1)
+        tok = jnp.stack(list(st), axis=-1) if per_token else None
+        return row, tok
+
+    return jax.jit(fn)
+
+
+def target_mask(scored: np.ndarray, objective: str) -> np.ndarray:
+    """Host copy of the scored positions of a ``[B, L]`` batch (causal: the first token has no
+    prediction and is left out)."""
+    m = np.asarray(scored, bool).copy()
+    if objective == "causal" and m.shape[-1]:
+        m[..., 0] = False
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming run
+
+@dataclass
+class _Block:
+    """One block of input rows moving through the pipeline."""
+
+    lo: int
+    hi: int
+    lengths: np.ndarray
+    seq: np.ndarray            # piece -> row (block-relative)
+    piece: np.ndarray          # piece -> window index within its row
+    tokens: batching.TokenBlock
+    n_target: np.ndarray       # piece -> scored tokens
+    nt_target: np.ndarray      # piece -> nucleotides of the scored tokens
+    num_batches: int = 0
+    done_batches: int = 0
+    row_stats: np.ndarray | None = None
+    token_values: list | None = None
+
+
+@dataclass
+class _Item:
+    block: _Block
+    batch: batching.Batch
+    device: dict[str, jax.Array]
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did."""
+
+    out: Path
+    rows: int
+    resumed_rows: int
+    tokens: int
+    seconds: float
+    mode: ScoringMode
+    shapes: set = field(default_factory=set)
+
+    @property
+    def sequences_per_s(self) -> float:
+        return (self.rows - self.resumed_rows) / max(self.seconds, 1e-9)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    c = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return c[offsets[1:]] - c[offsets[:-1]]
+
+
+def _prepare_block(source, lo: int, hi: int, tokenizer, objective: str, window: int | None) -> _Block:
+    codes, offs = source.block(lo, hi)
+    lens = np.diff(offs)
+    seq, piece, start = batching.window_pieces(lens, window)
+    piece_offsets = np.concatenate([offs[seq] + start, [offs[-1]]]).astype(np.int64)
+    tb = batching.tokenize_block(tokenizer, codes, piece_offsets)
+    tgt = tb.scored.copy()
+    if objective == "causal" and tgt.size:
+        starts = tb.offsets[:-1][np.diff(tb.offsets) > 0]
+        tgt[starts] = False
+    n_target = _segment_sum(tgt.astype(np.int64), tb.offsets)
+    nt_target = _segment_sum(np.where(tgt, tb.nucleotides, 0), tb.offsets)
+    return _Block(lo, hi, lens, seq, piece, tb, n_target, nt_target)
+
+
+def _finish_block(blk: _Block, ids: np.ndarray, mode: ScoringMode, per_token: bool) -> tuple[dict, dict | None]:
+    """Row columns (and per-token lists) of a block whose batches are all back."""
+    nrows = blk.hi - blk.lo
+    counts = np.bincount(blk.seq, minlength=nrows)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    stats = blk.row_stats[first].astype(np.float64)          # [rows, R], single-piece rows
+    n_tokens = _segment_sum(blk.n_target, np.concatenate([[0], np.cumsum(counts)]))
+    nt_scored = _segment_sum(blk.nt_target, np.concatenate([[0], np.cumsum(counts)]))
+    tok_rows = None
+    if blk.token_values is not None:
+        tok_rows = [np.concatenate([blk.token_values[p] for p in range(first[r], first[r] + counts[r])], axis=0)
+                    if counts[r] != 1 else blk.token_values[first[r]] for r in range(nrows)]
+        for r in np.flatnonzero(counts > 1):
+            t = tok_rows[r].astype(np.float64)[None]          # [1, n, 5]
+            red = sequence_reductions(*(t[..., i] for i in range(len(STAT_NAMES))), ~np.isnan(t[..., 0]),
+                                      MINK_PERCENTS, xp=np)
+            stats[r] = [float(red[k][0]) for k in ROW_STATS]
+    col = {k: stats[:, i] for i, k in enumerate(ROW_STATS)}
+    sum_logp = col["sum_logp"]
+    if mode.name == "pll-random":
+        # positions no copy masked are estimated by the mean of the covered ones
+        sum_logp = np.where(n_tokens > 0, col["mean_logp"] * n_tokens, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_nt = np.where(nt_scored > 0, sum_logp / np.maximum(nt_scored, 1), np.nan)
+    out = {"index": np.arange(blk.lo, blk.hi, dtype=np.int64), "id": ids,
+           "n_nucleotides": blk.lengths.astype(np.int32), "n_tokens": n_tokens.astype(np.int32),
+           "sum_logp": sum_logp.astype(np.float64), "mean_logp": col["mean_logp"].astype(np.float32),
+           "logp_per_nt": per_nt.astype(np.float32), "mean_entropy": col["mean_entropy"].astype(np.float32),
+           "mean_rank": col["mean_rank"].astype(np.float32)}
+    for p in MINK_PERCENTS:
+        out[f"mink_{p}"] = col[f"mink_{p}"].astype(np.float32)
+        out[f"minkpp_{p}"] = col[f"minkpp_{p}"].astype(np.float32)
+    tokens = None
+    if per_token and tok_rows is not None:
+        tokens = {}
+        for i, name in enumerate(TOKEN_COLUMNS):
+            if name == "token_rank":
+                tokens[name] = [np.where(np.isnan(t[:, i]), -1, np.rint(t[:, i])).astype(np.int32) for t in tok_rows]
+            else:
+                tokens[name] = [t[:, i].astype(np.float32) for t in tok_rows]
+    return out, tokens
+
+
+def check_lengths(source, lo: int, hi: int, tokenizer, context: int | None, window: int | None) -> None:
+    """Raise :class:`SequenceError` (before any scoring) if a sequence does not fit the context.
+
+    Token counts are bounded from the nucleotide lengths (``tokenizer.max_tokens``); sequences
+    whose bound exceeds the context are tokenized to count exactly.
+    """
+    if context is None:
+        return
+    if window is not None:
+        need = tokenizer.max_tokens(int(window))
+        if need > context:
+            raise ConfigError(f"--window {window} gives up to {need} tokens but the model's context is "
+                              f"{context}; use a smaller window")
+        return
+    lens = source.lengths()[lo:hi]
+    if lens.size == 0:
+        return
+    uniq, inv = np.unique(lens, return_inverse=True)
+    bound = np.array([tokenizer.max_tokens(int(u)) for u in uniq], np.int64)[inv.reshape(-1)]
+    suspicious = np.flatnonzero(bound > context) + lo
+    step = 4096
+    for b0 in np.unique(suspicious // step) * step:
+        b0 = int(max(b0, lo))
+        b1 = min(b0 + step, hi)
+        codes, offs = source.block(b0, b1)
+        tl = batching.tokenize_block(tokenizer, codes, offs).lengths
+        bad = np.flatnonzero(tl > context)
+        if bad.size:
+            r = b0 + int(bad[0])
+            rid = source.ids(r, r + 1)[0]
+            raise SequenceError(f"sequence {rid!r} (row {r}) has {int(lens[r - lo])} nucleotides = "
+                                f"{int(tl[bad[0]])} tokens, more than the model's context of {context} tokens; "
+                                "score long sequences in windows with --window N (nucleotides)")
+
+
+def model_provenance(model, dtype: str | None = None) -> dict[str, Any]:
+    """Family, source, parameter fingerprint and compute dtype of a model."""
+    return {"family": model.family, "source": str(model.source), "fingerprint": model.fingerprint(),
+            "dtype": dtype or getattr(model.config, "dtype", "float32")}
+
+
+def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: str | None = None,
+          seed: int = 0, batch_tokens: int | None = None, per_token: bool = False, window: int | None = None,
+          block_rows: int = 16384, devices=None, overwrite: bool = False, resume: bool = True,
+          process_index: int = 0, process_count: int = 1, inflight: int = 3, prefetch: int = 6,
+          chunk: int | None = None, on_commit: Callable[[int], None] | None = None) -> ScoreSummary:
+    """Score every sequence of ``input_path`` with ``model`` into a ScoreStore at ``out``.
+
+    Args:
+      model: a :class:`glmjax.models.base.LoadedModel`.
+      input_path: SequenceStore (``.h5``) or FASTA file.
+      out: output ScoreStore; in a multi-process run each process writes
+        :func:`glmjax.engine.distributed.shard_path` of it.
+      pll: masked LMs: ``exact`` (default), ``strided:K``, ``random:K[:FRACTION]``.
+      seed: seed of the random PLL masks.
+      batch_tokens: tokens per device and forward pass (default :func:`default_batch_tokens`).
+      per_token: store per-token statistics too.
+      window: score sequences longer than this many nucleotides in windows (see module doc).
+      block_rows: rows per block (unit of reordering and of commits).
+      devices: devices of the mesh (default: all local devices), or a count.
+      overwrite: replace a finished output file.
+      resume: continue a ``.partial`` output left by a killed run of the same command.
+      process_index, process_count: this process's shard of the rows.
+      inflight: batches dispatched ahead of the one being collected.
+      prefetch: prepared batches buffered between the host thread and the devices.
+      chunk: see :class:`Scorer`.
+      on_commit: called with the committed row count after each block is written.
+
+    Raises:
+      GlmjaxError: bad input, options or over-long sequences, before anything is written.
+    """
+    from glmjax.engine.distributed import shard_path, shard_range
+
+    configure_compilation_cache()
+    mode = parse_mode(model.objective, pll, seed)
+    if window is not None and window < 1:
+        raise ConfigError(f"--window must be a positive number of nucleotides, not {window}")
+    if block_rows < 1:
+        raise ConfigError("block_rows must be positive")
+    out_path = shard_path(out, process_index, process_count)
+    if out_path.exists() and not overwrite:
+        raise StoreError(f"{out_path} already exists; choose another output or pass --overwrite")
+    if not out_path.parent.exists():
+        raise ConfigError(f"output folder {out_path.parent} does not exist; create it first")
+    source = open_input(input_path)
+    try:
+        n = len(source)
+        lo, hi = shard_range(n, process_index, process_count)
+        tokenizer = model.tokenizer
+        context = context_length(model)
+        check_lengths(source, lo, hi, tokenizer, context, window)
+        mesh = sharding.make_mesh(devices)
+        need_tokens = per_token or window is not None
+        scorer = Scorer(model, mode, mesh, per_token=need_tokens, batch_tokens=batch_tokens, chunk=chunk)
+        policy = batching.padding_policy(model.objective, model.family, model.spec.architecture_class)
+        mprov = model_provenance(model)
+        prov = {"model": mprov, "input": source.provenance(), "seed": int(seed),
+                "scoring": {"mode": mode.name, "params": mode.param_dict, "window": window, "padding": policy,
+                            "bucket": "exact-length" if policy == "exact" else "8-per-octave"}}
+        if process_count > 1:
+            prov["shard"] = {"index": process_index, "count": process_count, "rows": [lo, hi], "total": n}
+        run = {"mode": mode.name, "params": mode.param_dict, "model": mprov["fingerprint"], "dtype": mprov["dtype"],
+               "input": str(Path(input_path).resolve()), "rows": [lo, hi], "total": n, "window": window,
+               "per_token": per_token, "objective": model.objective}
+        if not resume and partial_path(out_path).exists():
+            partial_path(out_path).unlink()
+        writer = ScoreStoreWriter(out_path, mode.name, mode.param_dict, model.objective, provenance=prov,
+                                  per_token=per_token, run=run, resume=resume, overwrite=overwrite)
+        try:
+            summary = _run(source, scorer, writer, lo + writer.rows, hi, tokenizer, model.objective, mode, policy,
+                           context, window, per_token, block_rows, inflight, prefetch, on_commit)
+            summary.out = writer.finalize()
+            summary.resumed_rows = writer.resumed_rows
+            summary.rows = writer.rows
+            return summary
+        except GlmjaxError:
+            writer.abort(keep_partial=False)
+            raise
+        except BaseException:
+            # crashes and interrupts keep the committed rows for a resume
+            writer.abort(keep_partial=True)
+            raise
+    finally:
+        source.close()
+
+
+_STOP = object()
+
+
+def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, tokenizer, objective: str,
+         mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
+         block_rows: int, inflight: int, prefetch: int, on_commit) -> ScoreSummary:
+    from glmjax.progress import progress
+
+    total_pieces_cap = max(1, stop - start)
+    want_tokens = scorer.per_token
+    summary = ScoreSummary(out=writer.path, rows=0, resumed_rows=0, tokens=0, seconds=0.0, mode=mode)
+    batches: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    writes: queue.Queue = queue.Queue(maxsize=2)
+    stop_event = threading.Event()
+    errors: list[BaseException] = []
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop_event.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def producer() -> None:
+        try:
+            for b0 in range(start, stop, block_rows):
+                b1 = min(b0 + block_rows, stop)
+                blk = _prepare_block(source, b0, b1, tokenizer, objective, window)
+                plan = batching.plan_batches(blk.tokens.lengths, policy, context,
+                                             lambda L: scorer.rows_per_batch(L, total_pieces_cap))
+                blk.num_batches = len(plan)
+                blk.row_stats = np.zeros((len(blk.tokens), len(ROW_STATS)), np.float32)
+                blk.token_values = [None] * len(blk.tokens) if want_tokens else None
+                if not put(batches, ("block", blk)):
+                    return
+                for length, idx in plan:
+                    b = batching.assemble(blk.tokens, idx, length, scorer.rows_per_batch(length, total_pieces_cap),
+                                          tokenizer.pad_id, blk.seq + b0, blk.piece)
+                    if not put(batches, ("batch", _Item(blk, b, scorer.device_batch(b)))):
+                        return
+            put(batches, ("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+            put(batches, ("end", None))
+
+    def writer_loop() -> None:
+        while True:
+            item = writes.get()
+            if item is _STOP:
+                return
+            if errors:
+                continue
+            blk, ids = item
+            try:
+                cols, toks = _finish_block(blk, ids, mode, per_token)
+                writer.add(cols, toks)
+                if on_commit is not None:
+                    on_commit(writer.rows)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                errors.append(e)
+
+    prod = threading.Thread(target=producer, name="glmjax-batches", daemon=True)
+    wthr = threading.Thread(target=writer_loop, name="glmjax-writer", daemon=True)
+    pending: deque = deque()
+    t0 = time.perf_counter()
+
+    def collect(bar) -> None:
+        kind, obj, out = pending.popleft()
+        if kind == "block":
+            blk = obj
+            put(writes, (blk, source.ids(blk.lo, blk.hi)))
+            bar.advance(blk.hi - blk.lo, tokens=int(blk.n_target.sum()))
+            return
+        item: _Item = obj
+        row, tok = jax.device_get(out)
+        b = item.batch
+        real = b.pieces >= 0
+        item.block.row_stats[b.pieces[real]] = row[real]
+        if tok is not None:
+            mask = target_mask(b.scored, objective)
+            for r in np.flatnonzero(real):
+                item.block.token_values[b.pieces[r]] = tok[r][mask[r]]
+        summary.tokens += int(item.block.n_target[b.pieces[real]].sum())
+
+    prod.start()
+    wthr.start()
+    try:
+        with progress("scoring", total=stop - start, unit="seq") as bar:
+            open_block = None
+            while True:
+                kind, obj = batches.get()
+                if errors:
+                    break
+                if kind == "end":
+                    break
+                if kind == "block":
+                    if open_block is not None:
+                        pending.append(("block", open_block, None))
+                    open_block = obj
+                    if obj.num_batches == 0:
+                        pending.append(("block", obj, None))
+                        open_block = None
+                    continue
+                item: _Item = obj
+                summary.shapes.add(tuple(item.batch.ids.shape))
+                pending.append(("batch", item, scorer(item.device)))
+                while len(pending) > inflight:
+                    collect(bar)
+            if open_block is not None:
+                pending.append(("block", open_block, None))
+            while pending and not errors:
+                collect(bar)
+    finally:
+        stop_event.set()
+        prod.join()
+        # the writer drains what was handed to it before stopping
+        writes.put(_STOP)
+        wthr.join()
+    if errors:
+        raise errors[0]
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
