@@ -327,3 +327,26 @@ def test_bench_smoke_runs(capsys):
     length = report["seq_tokens"]
     attention = cfg.num_layers * 4 * length * cfg.hidden_size
     assert report["flops_per_token"] == 2 * kernels + attention
+
+
+def test_lora_on_default_targets():
+    """LoRA wraps NT's linear layers (SPEC.lora_targets): no change at init (B = 0), a change once
+    the adapters move, and merging gives the adapted model's logits."""
+    from glmjax.train.lora import apply_lora, merge_lora
+
+    model = models.build("nt", NTConfig.tiny(2), seed=6)
+    ids, att = _inputs(1, 4107, [14, 9], 14)
+    base = np.asarray(model.logits(ids, att.astype(bool)))
+    adapted = apply_lora(model.module, SPEC.lora_targets, rank=2)
+    assert len(adapted) == 6 * model.config.num_layers
+    model.invalidate()
+    np.testing.assert_allclose(np.asarray(model.logits(ids, att.astype(bool))), base, rtol=1e-6, atol=1e-6)
+    rng = np.random.default_rng(0)
+    for _path, var in nnx.to_flat_state(nnx.state(model.module, nnx.LoRAParam)):
+        var.value = jax.numpy.asarray(rng.normal(0, 0.05, var.value.shape), jax.numpy.float32)
+    model.invalidate()
+    lora_logits = np.asarray(model.logits(ids, att.astype(bool)))
+    assert np.abs(lora_logits - base).max() > 1e-3
+    assert merge_lora(model.module) == len(adapted)
+    model.invalidate()
+    np.testing.assert_allclose(np.asarray(model.logits(ids, att.astype(bool))), lora_logits, rtol=1e-4, atol=1e-4)

@@ -288,15 +288,6 @@ def _layer_norm(x: jax.Array, ln: nnx.LayerNorm, eps: float) -> jax.Array:
     return h * ln.scale[...] + ln.bias[...]
 
 
-def _dense(x: jax.Array, lin: nnx.Linear, dtype) -> jax.Array:
-    """``x @ kernel + bias`` in the compute dtype (fp32 at full precision)."""
-    prec = jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
-    y = jnp.matmul(x.astype(dtype), lin.kernel[...].astype(dtype), precision=prec)
-    if lin.bias is not None:
-        y = y + lin.bias[...].astype(dtype)
-    return y
-
-
 def _activation(name: str, x: jax.Array) -> jax.Array:
     if name == "gelu":
         return jax.nn.gelu(x, approximate=False)
@@ -314,9 +305,15 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
 
 
-def _linear(din: int, dout: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=bias, param_dtype=jnp.float32,
-                      kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+def _precision(dtype):
+    """Full float32 matmuls for float32 compute (GPUs would otherwise use TF32), default else."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+def _linear(din: int, dout: int, bias: bool, cfg: NTConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    """fp32 parameters, computing in ``cfg.dtype`` (an adapter such as LoRA may wrap it)."""
+    return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                      precision=_precision(cfg.compute_dtype), kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
 def _norm(d: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -331,40 +328,43 @@ class NTLayer(nnx.Module):
         d, inner = cfg.hidden_size, cfg.num_heads * cfg.head_size
         self.cfg = cfg
         self.attn_ln = _norm(d, rngs)
-        self.query = _linear(d, inner, True, rngs)
-        self.key = _linear(d, inner, True, rngs)
-        self.value = _linear(d, inner, True, rngs)
-        self.attn_out = _linear(inner, d, True, rngs)
+        self.query = _linear(d, inner, True, cfg, rngs)
+        self.key = _linear(d, inner, True, cfg, rngs)
+        self.value = _linear(d, inner, True, cfg, rngs)
+        self.attn_out = _linear(inner, d, True, cfg, rngs)
         self.ffn_ln = _norm(d, rngs)
-        self.fc1 = _linear(d, cfg.intermediate_size * (2 if cfg.ffn_glu else 1), cfg.ffn_bias, rngs)
-        self.fc2 = _linear(cfg.intermediate_size, d, cfg.ffn_bias, rngs)
+        self.fc1 = _linear(d, cfg.intermediate_size * (2 if cfg.ffn_glu else 1), cfg.ffn_bias, cfg, rngs)
+        self.fc2 = _linear(cfg.intermediate_size, d, cfg.ffn_bias, cfg, rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array, lengths: jax.Array, rope: tuple | None) -> jax.Array:
         cfg = self.cfg
         cd = cfg.compute_dtype
         b, n = x.shape[:2]
         h = _layer_norm(x, self.attn_ln, cfg.layer_norm_eps).astype(cd)
-        # one matmul for q, k and v (the input is read once)
-        w = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
-        bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
-        prec = jax.lax.Precision.HIGHEST if jnp.dtype(cd) == jnp.float32 else None
-        qkv = jnp.matmul(h, w.astype(cd), precision=prec) + bias.astype(cd)
-        qkv = qkv.reshape(b, n, 3, cfg.num_heads, cfg.head_size)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        heads = (b, n, cfg.num_heads, cfg.head_size)
+        if all(type(m) is nnx.Linear for m in (self.query, self.key, self.value)):
+            # one matmul for q, k and v: the input is read once
+            w = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
+            bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
+            qkv = jnp.matmul(h, w.astype(cd), precision=_precision(cd)) + bias.astype(cd)
+            qkv = qkv.reshape(b, n, 3, cfg.num_heads, cfg.head_size)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:  # adapted layers (LoRA) are called one by one
+            q, k, v = (m(h).astype(cd).reshape(heads) for m in (self.query, self.key, self.value))
         if rope is not None:
             cos, sin = rope
             q = _rotate(q.astype(jnp.float32), cos, sin).astype(cd)
             k = _rotate(k.astype(jnp.float32), cos, sin).astype(cd)
         o = attention(q, k, v, key_mask=mask, key_lengths=lengths, scale=cfg.head_size ** -0.5)
-        x = x + _dense(o.reshape(b, n, -1), self.attn_out, cd)
+        x = x + self.attn_out(o.reshape(b, n, -1)).astype(cd)
         h = _layer_norm(x, self.ffn_ln, cfg.layer_norm_eps).astype(cd)
-        h = _dense(h, self.fc1, cd).astype(jnp.float32)
+        h = self.fc1(h).astype(jnp.float32)
         if cfg.ffn_glu:
             a, g = jnp.split(h, 2, axis=-1)
             h = _activation(cfg.ffn_activation, a) * g
         else:
             h = _activation(cfg.ffn_activation, h)
-        return x + _dense(h.astype(cd), self.fc2, cd)
+        return x + self.fc2(h.astype(cd)).astype(cd)
 
 
 class NTModel(nnx.Module):
@@ -387,9 +387,9 @@ class NTModel(nnx.Module):
             self.emb_ln_before = _norm(d, rngs)
         self.layers = _List([NTLayer(cfg, rngs) for _ in range(cfg.num_layers)])
         self.final_ln = _norm(d, rngs)
-        self.lm_dense = _linear(d, d, True, rngs)
+        self.lm_dense = _linear(d, d, True, cfg, rngs)
         self.lm_ln = _norm(d, rngs)
-        self.lm_decoder = _linear(d, cfg.vocab_size, False, rngs)
+        self.lm_decoder = _linear(d, cfg.vocab_size, False, cfg, rngs)
         self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
 
     def _mask(self, input_ids: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
@@ -441,11 +441,15 @@ class NTModel(nnx.Module):
         cfg = self.cfg
         cd = cfg.compute_dtype
         h = self.encode(input_ids, attention_mask)
-        h = _activation("gelu", _dense(h, self.lm_dense, cd).astype(jnp.float32))
+        h = _activation("gelu", self.lm_dense(h).astype(jnp.float32))
         h = _layer_norm(h, self.lm_ln, cfg.layer_norm_eps).astype(cd)
-        prec = jax.lax.Precision.HIGHEST if jnp.dtype(cd) == jnp.float32 else None
-        logits = jnp.einsum("bld,dv->blv", h, self.lm_decoder.kernel[...].astype(cd), precision=prec,
-                            preferred_element_type=jnp.float32) + self.lm_bias[...]
+        if type(self.lm_decoder) is nnx.Linear:
+            # float32 accumulation written out directly: no rounding of the logits to the compute dtype
+            logits = jnp.einsum("bld,dv->blv", h, self.lm_decoder.kernel[...].astype(cd), precision=_precision(cd),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_decoder(h).astype(jnp.float32)
+        logits = logits + self.lm_bias[...].astype(jnp.float32)
         if cfg.zero_pad_logits:
             logits = jnp.where(self._mask(input_ids, attention_mask)[..., None], logits, 0.0)
         return logits
