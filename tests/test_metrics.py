@@ -203,7 +203,8 @@ def test_one_run_p_value_matches_binomial_tail_and_delta_term():
     q = 1 / (1 + math.exp(-eps))
     assert M.one_run_p_value(m, r, v, eps) == pytest.approx(stats.binom.sf(v - 1, r, q))
     delta = 1e-6
-    alpha = max(sum(stats.binom.pmf(v - j, r, q) for j in range(1, i + 1)) / i for i in range(1, v + 1))
+    pmf = {j: stats.binom.pmf(v - j, r, q) for j in range(1, v + 1)}
+    alpha = max(sum(pmf[j] for j in range(1, i + 1)) / i for i in range(1, v + 1))
     want = stats.binom.sf(v - 1, r, q) + 2 * m * delta * alpha
     assert M.one_run_p_value(m, r, v, eps, delta) == pytest.approx(want)
 
