@@ -40,6 +40,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
         path keeps using ``key_mask`` (or builds it from the lengths when no mask is given).
     """
     impl = choose_implementation(q.dtype, implementation)
+    if implementation is None and impl == "cudnn" and (q.shape[-1] % 8 or q.shape[-1] > 128):
+        impl = "xla"  # cuDNN flash attention needs a head size that is a multiple of 8, at most 128
     if key_mask is None and key_lengths is not None:
         key_mask = jnp.arange(k.shape[1])[None, :] < key_lengths[:, None]
     mask = None
