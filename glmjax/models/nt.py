@@ -14,7 +14,8 @@ final ``emb_layer_norm_after``) and the RoBERTa LM head ``decoder(LN(gelu(dense(
 * **v2** (InstaDeepAI/nucleotide-transformer-v2-*-multi-species): rotary position embeddings
   (ESM style, base 10000, positions 0..L-1 with no pad offset) on q and k, a bias-free SwiGLU FFN
   (``fc1: d -> 2f``; ``silu(first half) * second half``; ``fc2: f -> d``), no token dropout,
-  LayerNorm eps 1e-5, and the official model writes 0 to the logits of pad positions.
+  LayerNorm eps 1e-5 (the HF port's config.json says 1e-12; glmjax follows the file it loads), and
+  the official model writes 0 to the logits of pad positions.
 
 Attention scales queries by ``head_dim ** -0.5`` and masks padded keys. Computation runs in
 ``config.dtype`` (bf16 on accelerators, with cuDNN flash attention on GPU); LayerNorms, GELU/SiLU,
@@ -465,7 +466,8 @@ def build(cfg: NTConfig, rngs: nnx.Rngs) -> NTModel:
     """
     key = rngs.params()
     try:
-        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+        raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        seed = np.asarray(raw).ravel().tolist()
     except jax.errors.TracerArrayConversionError:
         return NTModel(cfg, rngs)
     module = nnx.eval_shape(lambda: NTModel(cfg, nnx.Rngs(0)))
