@@ -137,10 +137,12 @@ def _clean(x: Any) -> Any:
 
 def _histograms(groups: Mapping[str, np.ndarray | None], bins: int = 60) -> dict | None:
     """Shared-bin histograms of the available groups (counts only, never values)."""
-    present = {k: np.asarray(v, np.float64) for k, v in groups.items() if v is not None and np.size(v)}
+    present = {k: np.asarray(v, np.float64) for k, v in groups.items() if v is not None}
+    present = {k: v[np.isfinite(v)] for k, v in present.items()}
+    present = {k: v for k, v in present.items() if v.size}
     if not present:
         return None
-    allv = np.concatenate([v[np.isfinite(v)] for v in present.values()])
+    allv = np.concatenate(list(present.values()))
     lo, hi = np.quantile(allv, [0.001, 0.999]) if allv.size > 1000 else (allv.min(), allv.max())
     for v in present.values():  # keep every canary visible even if it lies in the extreme tail
         if v.size <= 1000:
