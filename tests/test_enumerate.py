@@ -72,6 +72,10 @@ def test_exact_exposure_of_a_canary_and_its_report():
     res2 = en.exact_exposure(case.model, case.prefix, index_to_codes(worst, K), block=16)
     assert res2.rank == en.rank_of(case.total, worst) and res2.exposure == pytest.approx(
         2.0 * K - np.log2(res2.rank))
+    summary = en.summarise_exposures([res, res2])
+    assert summary[0]["repetitions"] == 0 and summary[1]["repetitions"] == 8
+    assert summary[1]["exposure_mean"] == pytest.approx(2.0 * K) and summary[1]["rank1_mean"] == 1.0
+    assert summary[0]["exposure_fraction_mean"] == pytest.approx(res2.exposure / (2.0 * K))
     d = res.to_dict()
     assert "secret" not in d and secret not in str(d) and d["exposure_bits"] == pytest.approx(2.0 * K)
     assert res.to_dict(reveal=True)["secret"] == secret

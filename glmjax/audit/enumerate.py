@@ -180,8 +180,10 @@ def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
         rows = jnp.zeros((block,), jnp.int32)
         root = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), state)
         walker.walk(root, jnp.zeros((block,), jnp.float32), jnp.take(logp4, rows, axis=0), 0, 0, 1)
-        for start, count, piece in walker.pieces:
-            out[start:start + count] = np.asarray(piece)[:count]
+        # one batched device-to-host copy of all leaf blocks (transfers overlap)
+        host = jax.device_get([piece for _, _, piece in walker.pieces])
+        for (start, count, _), arr in zip(walker.pieces, host, strict=True):
+            out[start:start + count] = arr[:count]
     stats = TrieStats(k=k, decode_rows=walker.calls * block, block=block, bytes_per_node=bpn,
                       calls=walker.calls, seconds=time.perf_counter() - t0)
     return out, stats
@@ -458,3 +460,18 @@ def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: in
             r.logp = np.empty(0, np.float32)
         out.append(r)
     return out
+
+
+def summarise_exposures(results: list[ExactExposure]) -> list[dict[str, Any]]:
+    """Mean exact exposure (bits), exposure / 2k and rank-1 rate per repetition count
+    (:func:`glmjax.audit.exposure.summarise_by_repetition`); no secrets."""
+    from glmjax.audit.exposure import summarise_by_repetition
+
+    if not results:
+        return []
+    reps = np.asarray([r.repetitions for r in results], np.int64)
+    return summarise_by_repetition(reps, {
+        "exposure": np.asarray([r.exposure for r in results]),
+        "exposure_fraction": np.asarray([r.exposure / (2.0 * r.k) for r in results]),
+        "rank1": np.asarray([float(r.rank == 1) for r in results]),
+    })
