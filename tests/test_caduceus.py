@@ -173,3 +173,28 @@ def test_orbax_roundtrip_and_scan_chunk(golden, tmp_path):
     chunked = SPEC.build(dataclasses.replace(model.config, scan_chunk=4), nnx.Rngs(0))
     nnx.update(chunked, nnx.state(model.module, nnx.Param))
     assert rel_err(np.asarray(_forward(chunked)(ids)), case.outputs["logits"]) <= 1e-4
+
+
+@pytest.mark.slow
+def test_bench_smoke_runs(capsys):
+    """scripts/bench_forward_caduceus.py --smoke (in-process) reports every section and the peer
+    (slow: ~30 s of compiles on 2 cores)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_forward_caduceus.py"
+    spec = importlib.util.spec_from_file_location("bench_forward_caduceus", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--smoke", "--mamba-cases", "32:2", "--mamba-dtypes", "float32", "--caduceus-cases",
+                         "tiny-ps:float32", "--caduceus-length", "64", "--kernel-chunks", "16", "--iters", "1",
+                         "--warmup", "1", "--hf-iters", "1", "--copy-mib", "4"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    (kernel,) = report["kernel"]
+    assert {"chunked-16", "associative"} <= set(kernel["variants"]) and "fastest" in kernel
+    assert all(v["max_rel_diff_vs_first"] <= 1e-5 for v in list(kernel["variants"].values())[1:])
+    (cad,) = report["caduceus"]
+    assert cad["tokens_per_s"] > 0 and cad["finite"] and cad["variant"] == "ps"
+    (mamba,) = report["mamba"]
+    assert mamba["glmjax"]["tokens_per_s"] > 0 and mamba["transformers"]["float32"]["tokens_per_s"] > 0
+    assert mamba["max_abs_logp_diff_vs_transformers"]["float32"] < 1e-4
