@@ -142,6 +142,17 @@ def test_indexed_streamed_and_bcf_agree(cohort):
         assert np.array_equal(read_cohort(outs["stream"]).row_site, read_cohort(outs["index"]).row_site)
 
 
+def test_region_without_variants_is_the_reference(cohort):
+    d, ref, recs, fa, vcf = cohort
+    s = import_vcf(fa, vcf, d / "z.h5", ImportOptions(window=W), regions=["c2:21-60"])
+    assert (s["records"], s["variants_applied"], s["windows"]) == (0, 0, 6 * 4)
+    cd = read_cohort(d / "z.h5")
+    assert cd.n_sites == 0 and not cd.alt_alleles.any() and cd.row_offsets[-1] == 0
+    with SequenceStore(d / "z.h5") as st:
+        assert {alphabet.decode(st[i]) for i in rows_of(st, "S2:2")[:1]} == {ref["c2"][20:30]}
+        assert st.ids[0] == "S1:h1:c2:21-30"
+
+
 def test_extra_format_fields_bed_and_sample_file(cohort):
     d, ref, recs, fa, _ = cohort
     vcf = write_vcf(d, recs, {c: len(s) for c, s in ref.items()}, name="dp.vcf.gz", fmt_extra=True)

@@ -76,7 +76,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -371,12 +371,9 @@ class ImportStats:
     short_haplotypes: int = 0
     bases: int = 0
     duplicate_ids: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(d.pop("extra"))
-        return d
+        return asdict(self)
 
 
 def _open_vcf(path: Path):
@@ -812,7 +809,7 @@ def _allele_frequencies(rv: RegionVariants, n_alleles: np.ndarray) -> tuple[np.n
     """(allele_count int64 [sum n_alleles], called int64 [V], allele_freq float64) over called alleles."""
     V = len(rv)
     offs = np.concatenate([[0], np.cumsum(n_alleles)]).astype(np.int64)
-    g = rv.gt.reshape(V, -1).astype(np.int64)
+    g = rv.gt.reshape(V, 2 * rv.gt.shape[1]).astype(np.int64)
     called = (g >= 0).sum(axis=1)
     vv = np.broadcast_to(np.arange(V)[:, None], g.shape)
     ok = g >= 0
