@@ -20,7 +20,10 @@ become per-individual scores, vectorised with ``np.bincount`` / ``np.maximum.red
 
 :func:`evaluate_cohort` reports, for every attack, window-level metrics (each window labelled by
 its individual's membership) alongside individual-level metrics for every aggregate, all with
-stratified bootstrap intervals (:func:`glmjax.audit.metrics.evaluate_attack`).
+stratified bootstrap intervals (:func:`glmjax.audit.metrics.evaluate_attack`). The window-level
+bootstrap resamples windows as if independent; windows of one individual share most of their
+sequence with everybody else's and their scores are correlated, so the individual-level intervals
+are the honest ones for statements about people.
 
 Variant-aware neighbourhood attack (:func:`allele_resampling_neighbours`): the neighbours of a
 haplotype window are the same window with its alleles at the resamplable variant sites (SNVs no
