@@ -26,7 +26,7 @@ window is followed by its reverse complement (strand -).
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``data`` command group and its subcommands."""
     data = subparsers.add_parser("data", help="prepare sequence stores: window, synth, canaries, plant, "
-                                 "split, info", description="Prepare and inspect SequenceStores.")
+                                 "split, import-vcf, info", description="Prepare and inspect SequenceStores.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(data))
     sub.required = True
 
@@ -115,6 +115,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("store", metavar="STORE.h5")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_info)
+
+    from glmjax.commands.data_vcf import register_into
+
+    register_into(sub)
 
 
 def _print_summary(title: str, items: dict[str, Any]) -> None:

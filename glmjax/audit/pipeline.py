@@ -1,0 +1,358 @@
+"""The audit pipeline: score, attack, measure, report — the library behind ``glmjax audit``.
+
+:func:`run_audit` takes a model, a SequenceStore with a member/non-member split (planted canaries
+included), the canary manifest, and optionally a reference model and shadow models, and runs
+every vector it has inputs for:
+
+* **perplexity detection** — log-perplexity of member windows and of every canary (planted,
+  held-out and control) against the non-member distribution;
+* **extraction** — greedy and beam-search completion of each canary prefix (causal families)
+  or most-confident-first mask filling (masked families);
+* **exposure** — exact enumeration of all 4^k candidate secrets when k <= ``exact_k_max``
+  (trie walk for causal families, batched PLL of the secret for masked ones), else the
+  skew-normal extrapolation from ``exposure_samples`` random candidates with a bootstrap interval;
+* **membership inference** — loss, zlib, k-mer entropy, Min-K%, Min-K%++, neighbourhood, and
+  with a reference model the reference ratio, with shadow models LiRA (online/offline) and RMIA;
+  evaluated on the genome windows (canary copies excluded) with member labels from the split.
+
+Everything lands in ``OUT/``: ``report.json``, ``report.html``, and ``scores/`` (the ScoreStores
+the statistics came from, for re-analysis). Vectors without inputs are listed under ``skipped``
+with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glmjax import alphabet, models
+from glmjax.audit import mia as MIA
+from glmjax.audit.exposure import estimate_exposure
+from glmjax.audit.perplexity import log_perplexity
+from glmjax.audit.report import AuditResult, CanaryResult, evaluate, secret_sha256, write_report
+from glmjax.data.store import Record, SequenceStore, SequenceStoreWriter
+from glmjax.errors import ConfigError, StoreError
+from glmjax.models.base import LoadedModel
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """Options of an audit (defaults suit a CPU run on a small store)."""
+
+    pll: str | None = None  # masked families: exact | strided:K | random:K
+    dtype: str | None = None  # compute dtype (None: the model's)
+    batch_tokens: int | None = None
+    exact_k_max: int = 10  # exact exposure for secrets up to this length
+    exposure_samples: int = 4096  # sampled candidates per canary above exact_k_max
+    extraction: tuple[str, ...] = ()  # default: greedy+beam (causal) or fill (masked)
+    beam_width: int = 8
+    neighbours: int = 8  # neighbours per sequence for the neighbourhood attack (0: off)
+    neighbour_rate: float = 0.02
+    neighbour_rows: int = 1000  # evaluated sequences per class for the neighbourhood attack
+    kmer_k: int = 3
+    mink_percents: tuple[int, ...] = (10, 20)
+    n_bootstrap: int = 200
+    detection_fpr: float = 0.01
+    seed: int = 0
+    trust_pickle: bool = False
+
+
+@dataclass
+class AuditOutcome:
+    """What :func:`run_audit` returns: the report dict and the paths written."""
+
+    report: dict
+    paths: dict[str, Path]
+    seconds: float
+
+
+def _load(model: LoadedModel | str | Path, opts: AuditOptions) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return models.load(model, trust_pickle=opts.trust_pickle, dtype=opts.dtype)
+
+
+def _score(model: LoadedModel, store: Path, out: Path, opts: AuditOptions):
+    from glmjax.engine.runner import score
+    from glmjax.engine.scorestore import ScoreStore
+
+    score(model, store, out, pll=opts.pll if model.objective == "masked" else None, seed=opts.seed,
+          batch_tokens=opts.batch_tokens, overwrite=True, resume=False)
+    return ScoreStore(out)
+
+
+def _cols(ss, rows: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {n: np.asarray(ss.column(n))[rows] for n in names}
+
+
+def _canary_store(path: Path, entries: list[dict], samples: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    """Write every canary (prefix + secret) followed by its sampled candidates into a store;
+    returns (row of the canary, number of sampled rows after it) per entry."""
+    w = SequenceStoreWriter(path, provenance={"purpose": "audit canary scoring"})
+    layout = []
+    row = 0
+    for e in entries:
+        prefix = alphabet.encode(e["prefix"])
+        recs = [Record(f"{e['id']}", np.concatenate([prefix, alphabet.encode(e["secret"])]), kind="canary",
+                       canary=e["id"])]
+        cand = samples.get(e["id"])
+        if cand is not None:
+            recs += [Record(f"{e['id']}#cand{j}", np.concatenate([prefix, c]), kind="canary-candidate",
+                            canary=e["id"]) for j, c in enumerate(cand)]
+        w.add(recs)
+        layout.append((row, len(recs) - 1))
+        row += len(recs)
+    w.finalize()
+    return layout
+
+
+def _neighbour_store(path: Path, seqs: list[np.ndarray], n: int, rate: float, seed: int) -> None:
+    w = SequenceStoreWriter(path, provenance={"purpose": "neighbourhood attack", "seed": seed, "rate": rate})
+    for i, s in enumerate(seqs):
+        nb = MIA.point_mutation_neighbours(s, n, rate, seed + i)
+        w.add([Record(f"n{i}.{j}", nb[j]) for j in range(n)])
+    w.finalize()
+
+
+def _read_shadows(path: Path, store: SequenceStore) -> tuple[list[Path], np.ndarray]:
+    meta_file = path / "shadows.json"
+    if not meta_file.exists():
+        raise ConfigError(f"{path} is not a shadow-model folder (no shadows.json; make one with glmjax train-shadows)")
+    meta = json.loads(meta_file.read_text())
+    inc = np.load(path / "inclusion.npy")
+    ids = np.asarray(store.ids)
+    if list(ids) != list(meta["row_ids"]):
+        raise ConfigError(f"the shadow models in {path} were trained on another store than {store.path} "
+                          "(row ids differ); train them on the audited store")
+    dirs = [path / f"shadow_{m:03d}" for m in range(int(meta["num_models"]))]
+    missing = [d for d in dirs if not d.exists()]
+    if missing:
+        raise ConfigError(f"shadow model folder {missing[0]} is missing")
+    return dirs, inc
+
+
+def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path,
+              canaries: str | Path | dict | None = None, reference: LoadedModel | str | Path | None = None,
+              shadows: str | Path | None = None, opts: AuditOptions | None = None,
+              reveal: bool = False, log=print) -> AuditOutcome:
+    """Run every audit vector that has inputs and write the report into ``out``.
+
+    Args:
+      model: the audited model (loaded, or a checkpoint folder).
+      data: SequenceStore of the training candidates with a member/non-member split.
+      out: report folder (created).
+      canaries: the canary manifest (path or dict) written by ``glmjax data plant``.
+      reference: a reference model (reference-ratio attack and perplexity ratio).
+      shadows: a folder of ``glmjax train-shadows`` models trained on ``data`` (LiRA, RMIA).
+      opts: :class:`AuditOptions`.
+      reveal: put raw canary secrets into the report.
+      log: where progress lines go (``print``; pass ``lambda *a: None`` to silence).
+    """
+    opts = opts or AuditOptions()
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sdir = out / "scores"
+    sdir.mkdir(exist_ok=True)
+    target = _load(model, opts)
+    ref_model = _load(reference, opts) if reference is not None else None
+    data = Path(data)
+    store = SequenceStore(data)
+    manifest = _manifest(canaries)
+    skipped: dict[str, str] = {}
+    provenance = {"model": {"family": target.family, "source": str(target.source),
+                            "fingerprint": target.fingerprint()},
+                  "data": {"path": str(data), "provenance": store.provenance, "split": store.split_info()},
+                  "seed": opts.seed}
+    if manifest is not None:
+        provenance["canaries"] = {"manifest_sha256": manifest.get("_sha256"), "n": len(manifest.get("canaries", []))}
+    if ref_model is not None:
+        provenance["reference"] = {"family": ref_model.family, "source": str(ref_model.source),
+                                   "fingerprint": ref_model.fingerprint()}
+
+    # ---------------------------------------------------------------- target scores on the store
+    log(f"scoring {len(store):,} sequences with the target model ({target.family})")
+    tss = _score(target, data, sdir / "target.h5", opts)
+    kinds = np.asarray(store.column("kind"))
+    genome = np.flatnonzero(kinds != "canary")
+    if store.has_split:
+        member = store.member_mask()
+    else:
+        member = None
+        skipped["mia"] = "the store has no member/non-member split (run glmjax data split)"
+    names = ("sum_logp", "mean_logp", "n_tokens", "n_nucleotides",
+             *[f"mink_{p}" for p in opts.mink_percents], *[f"minkpp_{p}" for p in opts.mink_percents])
+    tcols = _cols(tss, genome, names)
+    lppl = log_perplexity(tcols["sum_logp"], tcols["n_tokens"])
+    result = AuditResult(mode=tss.mode, mode_params=dict(tss.mode_params), provenance=provenance,
+                         n_bootstrap=opts.n_bootstrap, detection_fpr=opts.detection_fpr, seed=opts.seed)
+    if member is not None:
+        labels = member[genome]
+        if labels.all() or not labels.any():
+            skipped["mia"] = "the split leaves no member or no non-member genome window"
+            member = None
+        else:
+            result.member_log_ppl, result.nonmember_log_ppl = lppl[labels], lppl[~labels]
+
+    # ---------------------------------------------------------------- reference model
+    rcols = None
+    if ref_model is not None:
+        log(f"scoring with the reference model ({ref_model.family})")
+        rss = _score(ref_model, data, sdir / "reference.h5", opts)
+        rcols = _cols(rss, genome, ("sum_logp", "mean_logp", "n_tokens"))
+        if member is not None:
+            rl = log_perplexity(rcols["sum_logp"], rcols["n_tokens"])
+            result.reference_mode, result.reference_mode_params = rss.mode, dict(rss.mode_params)
+            result.reference_member_log_ppl, result.reference_nonmember_log_ppl = rl[labels], rl[~labels]
+
+    # ---------------------------------------------------------------- membership inference
+    if member is not None:
+        log("membership-inference attacks")
+        seqs = store.take(genome) if len(genome) < len(store) else store.sequences()
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, np.uint8)
+        offs = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+        kw: dict[str, Any] = {"zlib_code_bits": MIA.zlib_bits(flat, offs),
+                              "kmer_entropy": MIA.kmer_entropy_bits(flat, offs, k=opts.kmer_k),
+                              "kmer_k": opts.kmer_k, "mink_percents": opts.mink_percents}
+        if rcols is not None:
+            kw["reference"] = rcols
+        else:
+            skipped["reference"] = "no --reference model given"
+        scores = MIA.attack_scores(tcols, **kw)
+        eval_rows = np.arange(len(genome))
+        if opts.neighbours > 0:
+            rng = np.random.default_rng([opts.seed, 0xE1])
+            pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+            pick = np.sort(np.concatenate([rng.permutation(pos)[:opts.neighbour_rows],
+                                           rng.permutation(neg)[:opts.neighbour_rows]]))
+            log(f"neighbourhood attack: {opts.neighbours} neighbours x {len(pick):,} sequences")
+            _neighbour_store(sdir / "neighbours_input.h5", [seqs[i] for i in pick], opts.neighbours,
+                             opts.neighbour_rate, opts.seed)
+            nss = _score(target, sdir / "neighbours_input.h5", sdir / "neighbours.h5", opts)
+            nb = np.asarray(nss.column("sum_logp")).reshape(len(pick), opts.neighbours)
+            nb_full = np.full((len(genome), opts.neighbours), np.nan)
+            nb_full[pick] = nb
+            scores["neighbourhood"] = MIA.neighbourhood_score(tcols["sum_logp"], nb_full)
+        if shadows is not None:
+            dirs, inc = _read_shadows(Path(shadows), store)
+            log(f"scoring with {len(dirs)} shadow models")
+            sh = np.stack([np.asarray(_score(_load(d, opts), data, sdir / f"shadow_{i:03d}.h5", opts)
+                                      .column("mean_logp"))[genome] for i, d in enumerate(dirs)])
+            inc = inc[:, genome]
+            scores.update(MIA.attack_scores(tcols, lira_inputs=(sh, inc), mink_percents=()))
+            zrows = np.flatnonzero(~labels)
+            scores["rmia"] = MIA.rmia(tcols["mean_logp"], sh, tcols["mean_logp"][zrows], sh[:, zrows])
+        else:
+            skipped["lira"] = skipped["rmia"] = "no --shadows folder given"
+        # the neighbourhood attack is evaluated on its sampled rows only; every other attack on all rows
+        result.mia_labels = labels[eval_rows]
+        result.mia_scores = {k: v for k, v in scores.items() if k != "neighbourhood"}
+        nb_scores = scores.get("neighbourhood")
+
+    # ---------------------------------------------------------------- canaries
+    canary_results: list[CanaryResult] = []
+    extraction_info = None
+    if manifest is None:
+        skipped["extraction"] = skipped["exposure"] = "no canary manifest given (--canaries)"
+    else:
+        entries = [e for e in manifest["canaries"] if e.get("role", "canary") in ("canary", "control")]
+        ks = {len(e["secret"]) for e in entries}
+        sampled = {e["id"]: _random_secrets(len(e["secret"]), opts.exposure_samples, opts.seed, i)
+                   for i, e in enumerate(entries) if len(e["secret"]) > opts.exact_k_max}
+        log(f"scoring {len(entries)} canaries" + (f" and {sum(len(v) for v in sampled.values()):,} sampled "
+                                                   "candidates" if sampled else ""))
+        layout = _canary_store(sdir / "canaries_input.h5", entries, sampled)
+        css = _score(target, sdir / "canaries_input.h5", sdir / "canaries.h5", opts)
+        c_lppl = log_perplexity(np.asarray(css.column("sum_logp")), np.asarray(css.column("n_tokens")))
+        from glmjax.audit import enumerate as EN
+        from glmjax.audit import extraction as EX
+
+        methods = opts.extraction or (("greedy", "beam") if target.objective == "causal" else ("fill",))
+        log(f"extraction ({', '.join(methods)}) of {len(entries)} canaries")
+        ext_reports = {m: EX.extract(target, entries, method=m, beam_width=opts.beam_width) for m in methods}
+        extracted = {e["id"]: any(r.exact for rep in ext_reports.values() for r in rep.records
+                                  if r.canary_id == e["id"]) for e in entries}
+        extraction_info = {m: rep.to_dict(reveal=reveal) for m, rep in ext_reports.items()}
+        n_exact = sum(len(e["secret"]) <= opts.exact_k_max for e in entries)
+        log(f"exposure: exact enumeration for {n_exact} canaries (k <= {opts.exact_k_max}), "
+            f"sampled extrapolation for {len(entries) - n_exact}")
+        for e, (row, nsamp) in zip(entries, layout, strict=True):
+            k = len(e["secret"])
+            if k <= opts.exact_k_max:
+                ex = EN.exact_exposure(target, e["prefix"], e["secret"], canary_id=e["id"],
+                                       repetitions=int(e.get("repetitions", 0)))
+                exposure, ci, method = float(ex.exposure), (float(ex.exposure), float(ex.exposure)), "exact"
+            else:
+                est = estimate_exposure(float(c_lppl[row]), c_lppl[row + 1:row + 1 + nsamp], n_candidates=4 ** k,
+                                        seed=opts.seed)
+                exposure, ci, method = float(est.exposure), (float(est.ci[0]), float(est.ci[1])), est.method
+            canary_results.append(CanaryResult(
+                id=e["id"], repetitions=int(e.get("repetitions", 0)), exposure=exposure, exposure_ci=ci,
+                extracted=bool(extracted[e["id"]]), n_candidates=4 ** k, secret_sha256=secret_sha256(e["secret"]),
+                exposure_method=method, secret=e["secret"], log_perplexity=float(c_lppl[row])))
+        result.canaries = canary_results
+        if ref_model is not None and result.reference_nonmember_log_ppl is not None:
+            rcs = _score(ref_model, sdir / "canaries_input.h5", sdir / "canaries_reference.h5", opts)
+            r_lppl = log_perplexity(np.asarray(rcs.column("sum_logp")), np.asarray(rcs.column("n_tokens")))
+            result.reference_canary_log_ppl = np.array([r_lppl[row] for row, _ in layout])
+        # one-run audit: canaries included with probability 1/2 vs their held-out twins
+        one = [(i, e) for i, e in enumerate(entries) if e.get("role") == "canary" and "included" in e]
+        if one and any(not e["included"] for _, e in one) and any(e["included"] for _, e in one):
+            result.one_run = (np.array([-c_lppl[layout[i][0]] for i, _ in one]),
+                              np.array([bool(e["included"]) for _, e in one]))
+        provenance["canaries"]["secret_lengths"] = sorted(ks)
+
+    result.config = {"options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+                     "skipped": skipped, "data": str(data), "model": str(target.source),
+                     "reference": None if ref_model is None else str(ref_model.source),
+                     "shadows": None if shadows is None else str(shadows)}
+    report = evaluate(result, reveal=reveal)
+    if extraction_info is not None:
+        report["extraction_attacks"] = extraction_info
+    if member is not None and nb_scores is not None:
+        report["mia"]["neighbourhood"] = _neighbourhood_metrics(labels, nb_scores, opts)
+    report["skipped"] = skipped
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    paths = write_report(report, out)
+    store.close()
+    return AuditOutcome(report, paths, time.perf_counter() - t0)
+
+
+def _neighbourhood_metrics(labels: np.ndarray, scores: np.ndarray, opts: AuditOptions) -> dict:
+    from glmjax.audit.metrics import evaluate_attack
+
+    ok = np.isfinite(scores)
+    m = evaluate_attack(labels[ok], scores[ok], n_bootstrap=opts.n_bootstrap, seed=opts.seed)
+    return {"rows": int(ok.sum()), **m.to_dict()}
+
+
+def _random_secrets(k: int, n: int, seed: int, i: int) -> np.ndarray:
+    return np.random.default_rng([seed, i, 0xC4]).integers(0, 4, size=(n, k), dtype=np.uint8)
+
+
+def _manifest(canaries: str | Path | dict | None) -> dict | None:
+    if canaries is None:
+        return None
+    if isinstance(canaries, dict):
+        return canaries
+    from glmjax.data.canaries import load_manifest
+
+    m = load_manifest(canaries)
+    m["_sha256"] = hashlib.sha256(Path(canaries).read_bytes()).hexdigest()
+    if not m.get("canaries"):
+        raise StoreError(f"{canaries} lists no canaries")
+    return m
+
+
+def headline(report: dict) -> str:
+    """One line: the worst-case risk, its band and the vector that set it."""
+    r = report["risk"]
+    vec = r.get("worst_vector") or "?"
+    src = r.get("sources", {}).get(vec)
+    return f"memorization risk {r['worst_case']:.3f} ({r['band']}), set by {vec}" + (f" ({src})" if src else "")

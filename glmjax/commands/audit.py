@@ -1,0 +1,65 @@
+"""``glmjax audit``: run every audit vector that has inputs and write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glmjax.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "audit", help="audit a model: perplexity detection, canary extraction/exposure, membership inference",
+        description="Audit a model for memorization. Scores the store (members, non-members, canaries), runs "
+        "perplexity detection, canary extraction and exposure, and membership-inference attacks (LiRA and RMIA "
+        "when --shadows is given, the reference ratio with --reference), combines them into the worst-case "
+        "risk, and writes OUT/report.json, OUT/report.html and OUT/scores/. Vectors without inputs are "
+        "skipped and listed with the reason.")
+    p.add_argument("--model", required=True, help="model folder (HF snapshot, NT JAX checkpoint or glmjax folder)")
+    p.add_argument("--data", required=True, help="SequenceStore with a member/non-member split")
+    p.add_argument("--canaries", help="canary manifest (JSON) written by glmjax data plant")
+    p.add_argument("--reference", help="reference model folder (reference-ratio attack)")
+    p.add_argument("--shadows", help="shadow-model folder from glmjax train-shadows (LiRA, RMIA)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--pll", help="masked LMs: exact (default), strided:K or random:K")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (default: the model's)")
+    p.add_argument("--batch-tokens", type=int, help="tokens per device and forward pass")
+    p.add_argument("--exact-k-max", type=int, default=10,
+                   help="enumerate all 4^k candidates for secrets up to k nucleotides (default 10)")
+    p.add_argument("--exposure-samples", type=int, default=4096,
+                   help="random candidates per canary for the sampled exposure estimate (longer secrets)")
+    p.add_argument("--beam-width", type=int, default=8)
+    p.add_argument("--neighbours", type=int, default=8, help="neighbours per sequence (0: no neighbourhood attack)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the detection threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reveal", action="store_true", help="write raw canary secrets into the report")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from glmjax.audit.pipeline import AuditOptions, headline, run_audit
+    from glmjax.audit.report import print_summary
+
+    if not 0 < args.fpr < 1:
+        raise ConfigError("--fpr must lie in (0, 1)")
+    if args.exact_k_max < 1 or args.exact_k_max > 16:
+        raise ConfigError("--exact-k-max must lie in 1..16 (4^16 candidates is the most that fits)")
+    for name in ("model", "data", "canaries", "reference", "shadows"):
+        v = getattr(args, name)
+        if v is not None and not Path(v).exists():
+            raise ConfigError(f"--{name} {v}: no such file or folder")
+    opts = AuditOptions(pll=args.pll, dtype={"fp32": "float32", "bf16": "bfloat16"}.get(args.dtype),
+                        batch_tokens=args.batch_tokens, exact_k_max=args.exact_k_max,
+                        exposure_samples=args.exposure_samples, beam_width=args.beam_width,
+                        neighbours=args.neighbours, n_bootstrap=args.bootstrap, detection_fpr=args.fpr,
+                        seed=args.seed, trust_pickle=args.trust_pickle)
+    res = run_audit(args.model, args.data, args.out, canaries=args.canaries, reference=args.reference,
+                    shadows=args.shadows, opts=opts, reveal=args.reveal)
+    print_summary(res.report)
+    for vec, why in res.report.get("skipped", {}).items():
+        print(f"skipped {vec}: {why}")
+    print(headline(res.report))
+    print(f"report: {res.paths['html']} ({res.paths['json'].name}), {res.seconds:.1f} s")
+    return 0
