@@ -12,6 +12,10 @@ Three implementations of the same function, all computing in float32:
   handled in log space as differences of cumulative sums of ``Δ A`` that are always ``<= 0``
   (``A < 0``, ``Δ > 0``), so no ``exp`` can overflow; they only underflow to 0, which is the true
   value to fp32 precision. Sequential depth: ``T + log2(n_chunks)`` instead of ``L``.
+  With ``inner="segsum"`` phase 1 has no sequential part: each chunk's outputs are the masked
+  segment sums ``y_t = Σ_{s<=t} Σ_n C_tn exp(A_n (cum_t - cum_s)) Δ_s B_sn x_s`` (differences of
+  cumulative sums, exponent <= 0), reduced in fused kernels: ``T`` times the exponentials of the
+  sequential inner loop but no per-step state traffic (suits small chunks, e.g. 8-32).
 * :func:`selective_scan_associative`: ``lax.associative_scan`` over the whole length on the
   materialised ``[R, L, D, N]`` decay/input tensors (simple, parallel, memory-hungry).
 * :func:`selective_scan_sequential`: the step-by-step recurrence (reference for tests).
@@ -74,7 +78,7 @@ def _finish(y, x, D, z):
 def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
                            D: jax.Array | None = None, z: jax.Array | None = None,
                            initial_state: jax.Array | None = None, *, chunk_size: int | None = None,
-                           unroll: int = 4, return_final_state: bool = False):
+                           inner: str = "scan", unroll: int = 4, return_final_state: bool = False):
     """Chunked selective scan (see the module docstring); returns ``y`` float32 ``[R, L, D]``, and
     the final state ``[R, D, N]`` as well when ``return_final_state``.
 
@@ -83,8 +87,11 @@ def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Arr
         ``initial_state`` optional: skip term, SiLU gate ``y * silu(z)``, state before step 0).
       chunk_size: steps per chunk (default :func:`default_chunk_size`); any ``L`` works (the last
         chunk is padded with ``Δ = 0`` steps, which leave the state unchanged).
-      unroll: unrolling of the phase-1 step loop.
+      inner: phase 1 as a ``"scan"`` over the chunk's steps or as masked ``"segsum"`` reductions.
+      unroll: unrolling of the phase-1 step loop (``inner="scan"``).
     """
+    if inner not in ("scan", "segsum"):
+        raise ValueError(f"unknown inner chunk method {inner!r}; use scan or segsum")
     x, dt, A, B, C, D, z, h_init, n = _prep(x, dt, A, B, C, D, z, initial_state)
     r, length, d = x.shape
     t = int(chunk_size or default_chunk_size(length))
@@ -102,19 +109,22 @@ def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Arr
     Cc = Cp.reshape(r, nc, t, n)
     a4 = A[:, None]  # [R|1, 1, D, N], broadcasts against the [R, nc, D, N] chunk states
 
-    # Phase 1: the recurrence inside every chunk, all chunks in parallel, from a zero state.
-    def step(h, inp):
-        x_t, dt_t, b_t, c_t = inp
-        h = jnp.exp(dt_t[..., None] * a4) * h + (dt_t * x_t)[..., None] * b_t[:, :, None, :]
-        return h, jnp.sum(h * c_t[:, :, None, :], axis=-1)
+    cum = jnp.cumsum(dtc, axis=2)  # [R, nc, T, D]: within-chunk cumulative step sizes
+    if inner == "scan":
+        # Phase 1: the recurrence inside every chunk, all chunks in parallel, from a zero state.
+        def step(h, inp):
+            x_t, dt_t, b_t, c_t = inp
+            h = jnp.exp(dt_t[..., None] * a4) * h + (dt_t * x_t)[..., None] * b_t[:, :, None, :]
+            return h, jnp.sum(h * c_t[:, :, None, :], axis=-1)
 
-    xs = tuple(jnp.moveaxis(a, 2, 0) for a in (xc, dtc, Bc, Cc))
-    h_end, y_loc = lax.scan(step, jnp.zeros((r, nc, d, n), F32), xs, unroll=max(1, min(unroll, t)))
-    y_loc = jnp.moveaxis(y_loc, 0, 2)  # [R, nc, T, D]
+        xs = tuple(jnp.moveaxis(a, 2, 0) for a in (xc, dtc, Bc, Cc))
+        h_end, y_loc = lax.scan(step, jnp.zeros((r, nc, d, n), F32), xs, unroll=max(1, min(unroll, t)))
+        y_loc = jnp.moveaxis(y_loc, 0, 2)  # [R, nc, T, D]
+    else:
+        y_loc, h_end = _segsum_chunks(xc, dtc, cum, Bc, Cc, a4)
 
     # Phase 2: state entering each chunk. Chunk c maps h -> exp(A * sum(dt_c)) h + h_end_c; the
     # log-decays are <= 0 and are summed, never exponentiated with a positive sign.
-    cum = jnp.cumsum(dtc, axis=2)  # [R, nc, T, D]
     log_decay = cum[:, :, -1, :, None] * a4  # [R, nc, D, N]
 
     def combine(left, right):
@@ -139,6 +149,30 @@ def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Arr
     y = (y_loc + y_carry).reshape(r, nc * t, d)[:, :length]
     y = _finish(y, x, D, z)
     return (y, final) if return_final_state else y
+
+
+def _segsum_chunks(xc, dtc, cum, Bc, Cc, a4):
+    """Phase 1 without a loop: per chunk, outputs and final state from a zero start state.
+
+    ``xc, dtc, cum [R, nc, T, D]``, ``Bc, Cc [R, nc, T, N]``, ``a4 [R|1, 1, D, N]`` ->
+    ``(y [R, nc, T, D], h_end [R, nc, D, N])``. Broadcasts are ordered so every reduction runs
+    over trailing axes (``s, N`` / ``s``) and fuses with the exponentials (nothing of size
+    ``T^2 D N`` is stored).
+    """
+    t = xc.shape[2]
+    u = dtc * xc  # Δ_s x_s
+    causal = jnp.tril(jnp.ones((t, t), bool))  # [t, s]: s <= t
+    # [R, nc, t, D, s, 1]: cum_t - cum_s >= 0 for s <= t (clamped where masked out)
+    seg = jnp.maximum(cum[:, :, :, :, None] - jnp.swapaxes(cum, 2, 3)[:, :, None], 0.0)[..., None]
+    a6 = a4[:, :, None, :, None, :]  # [R|1, 1, 1, D, 1, N]
+    decay = jnp.where(causal[None, None, :, None, :, None], jnp.exp(seg * a6), 0.0)
+    w = Bc[:, :, None, None, :, :] * Cc[:, :, :, None, None, :]  # [R, nc, t, 1, s, N]
+    y = jnp.sum(decay * w * jnp.swapaxes(u, 2, 3)[:, :, None, :, :, None], axis=(-2, -1))
+    # final state: decay from each step s to the chunk end, [R, nc, D, N, s]
+    to_end = (cum[:, :, -1:, :] - cum)  # [R, nc, s, D], >= 0
+    e = jnp.exp(jnp.moveaxis(to_end, 2, -1)[:, :, :, None, :] * a4[..., None])  # [R, nc, D, N, s]
+    h_end = jnp.sum(e * jnp.moveaxis(u, 2, -1)[:, :, :, None, :] * jnp.moveaxis(Bc, 2, -1)[:, :, None], axis=-1)
+    return y, h_end
 
 
 def selective_scan_associative(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
@@ -185,11 +219,11 @@ def selective_scan_sequential(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.
 def selective_scan(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
                    D: jax.Array | None = None, z: jax.Array | None = None,
                    initial_state: jax.Array | None = None, *, method: str = "chunked",
-                   chunk_size: int | None = None, return_final_state: bool = False):
+                   chunk_size: int | None = None, inner: str = "scan", return_final_state: bool = False):
     """Selective scan with the chosen ``method`` (``"chunked"``, ``"associative"``,
     ``"sequential"``); see :func:`selective_scan_chunked` for arguments and results."""
     if method == "chunked":
-        return selective_scan_chunked(x, dt, A, B, C, D, z, initial_state, chunk_size=chunk_size,
+        return selective_scan_chunked(x, dt, A, B, C, D, z, initial_state, chunk_size=chunk_size, inner=inner,
                                       return_final_state=return_final_state)
     if method == "associative":
         return selective_scan_associative(x, dt, A, B, C, D, z, initial_state,

@@ -5,8 +5,9 @@ Sections (``--only`` selects some):
 
 * ``kernel``: the selective scan alone (x, Δ, z ``[R, L, D]``; B, C ``[R, L, N]``; float32) on the
   Mamba-d256 layer shapes (R x L = 64 x 1k, 8 x 8k; D 512, N 16) and one Caduceus-PS 131k layer
-  (4 rows = 2 directions x 2 strands of one sequence), chunked at several chunk lengths and as
-  one associative scan. Reports seconds, state updates/s (R·L·D·N / s), and the achieved bytes/s
+  (4 rows = 2 directions x 2 strands of one sequence), chunked at several chunk lengths (chunks
+  processed as sequential steps, or as segment sums: ``inner="segsum"``) and as one associative
+  scan. Reports seconds, state updates/s (R·L·D·N / s), and the achieved bytes/s
   of the scan's unavoidable input/output traffic (``4 · (4·R·L·D + 2·R·L·N)`` bytes: x, Δ, z, y
   and B, C read/written once) against the device copy bandwidth measured in the same run.
 * ``caduceus``: masked-LM scoring throughput (forward + log_softmax + gather of the input token)
@@ -67,6 +68,7 @@ KERNEL_SHAPES = [("mamba-1k-x64", 64, 1024, 512, 16), ("mamba-8k-x8", 8, 8192, 5
                  ("caduceus-ps-131k-x1", 4, 131072, 512, 16)]
 SMOKE_KERNEL_SHAPES = [("smoke", 4, 300, 32, 8)]
 KERNEL_CHUNKS = "32,64,128,256"
+KERNEL_SEGSUM_CHUNKS = "8,16,32"
 CADUCEUS_CASES = "ps-131k:bfloat16,ph-131k:bfloat16,ps-131k:float32"
 SMOKE_CADUCEUS_CASES = "tiny-ps:float32,tiny:bfloat16"
 MAMBA_CASES = "1024:64,8192:8"
@@ -143,8 +145,10 @@ def _run(fn, inputs: tuple, args) -> tuple[list[float], float, object, object]:
     return times, compile_s, compiled(*inputs), compiled
 
 
-def kernel_case(name: str, r: int, length: int, d: int, n: int, chunks: list[int], args, copy_bw: float) -> dict:
-    """Chunked (several chunk lengths) vs associative selective scan on one shape."""
+def kernel_case(name: str, r: int, length: int, d: int, n: int, chunks: list[int], segsum_chunks: list[int],
+                args, copy_bw: float) -> dict:
+    """Chunked (several chunk lengths, sequential or segment-sum chunks) vs associative selective
+    scan on one shape."""
     k = jax.random.split(jax.random.key(args.seed), 6)
     inputs = (jax.random.normal(k[0], (r, length, d), jnp.float32),                             # x
               jax.nn.softplus(jax.random.normal(k[1], (r, length, d), jnp.float32) - 4.0),       # dt
@@ -158,6 +162,7 @@ def kernel_case(name: str, r: int, length: int, d: int, n: int, chunks: list[int
     ref = None
     variants = [(f"chunked-{t}", dict(method="chunked", chunk_size=t)) for t in chunks]
     variants.append((f"chunked-default({ss.default_chunk_size(length)})", dict(method="chunked")))
+    variants += [(f"chunked-segsum-{t}", dict(method="chunked", chunk_size=t, inner="segsum")) for t in segsum_chunks]
     variants.append(("associative", dict(method="associative")))
     for vname, kw in variants:
         try:
@@ -200,7 +205,8 @@ def masked_score_fn(graphdef):
 
 def caduceus_case(preset: str, dtype: str, length: int | None, args) -> dict:
     """Scoring throughput of one Caduceus preset at its native length, largest batch that fits."""
-    cfg = dataclasses.replace(CaduceusConfig.preset(preset), dtype=dtype)
+    cfg = dataclasses.replace(CaduceusConfig.preset(preset), dtype=dtype, scan_chunk=args.scan_chunk,
+                              scan_inner=args.scan_inner)
     seq_len = length or cfg.max_len
     model = gm.build("caduceus", cfg, seed=args.seed)
     graphdef, state = nnx.split(model.module)
@@ -208,6 +214,7 @@ def caduceus_case(preset: str, dtype: str, length: int | None, args) -> dict:
     rng = np.random.default_rng(args.seed)
     precision = "highest" if dtype == "float32" else "default"
     row = {"preset": preset, "variant": cfg.variant, "dtype": dtype, "length": seq_len,
+           "scan_chunk": cfg.scan_chunk or ss.default_chunk_size(seq_len), "scan_inner": cfg.scan_inner,
            "d_model": cfg.d_model, "n_layer": cfg.n_layer, "params": model.num_params(),
            "jax_matmul_precision": precision}
 
@@ -270,7 +277,7 @@ def bench_mamba(cases: list[tuple[int, int]], cfg: MambaConfig, args) -> list[di
         loaded = gm.load(tmp)
     rows = []
     for dtype in args.mamba_dtypes:
-        jcfg = dataclasses.replace(loaded.config, dtype=dtype)
+        jcfg = dataclasses.replace(loaded.config, dtype=dtype, scan_chunk=args.scan_chunk, scan_inner=args.scan_inner)
         module = gm.get_family("mamba").build(jcfg, nnx.Rngs(0))
         nnx.update(module, nnx.state(loaded.module, nnx.Param))
         graphdef, state = nnx.split(module)
@@ -287,7 +294,8 @@ def bench_mamba(cases: list[tuple[int, int]], cfg: MambaConfig, args) -> list[di
             ids_np[:, 0] = 2
             ids = jnp.asarray(ids_np)
             row = {"model": f"mamba d{cfg.d_model} x{cfg.n_layer}", "length": length, "batch": batch,
-                   "tokens": length * batch, "dtype": dtype, "jax_matmul_precision": precision}
+                   "tokens": length * batch, "dtype": dtype, "jax_matmul_precision": precision,
+                   "scan_chunk": jcfg.scan_chunk or ss.default_chunk_size(length), "scan_inner": jcfg.scan_inner}
             try:
                 with jax.default_matmul_precision(precision):
                     times, compile_s, out, _ = _run(score, (state, ids), args)
@@ -354,7 +362,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mamba-cases", default=None, help=f"length:batch,... (default {MAMBA_CASES})")
     ap.add_argument("--mamba-dtypes", default="float32,bfloat16")
     ap.add_argument("--hf-dtypes", default="float32")
-    ap.add_argument("--kernel-chunks", default=KERNEL_CHUNKS)
+    ap.add_argument("--kernel-chunks", default=KERNEL_CHUNKS, help="chunk lengths of the sequential-chunk scan")
+    ap.add_argument("--kernel-segsum-chunks", default=KERNEL_SEGSUM_CHUNKS, help="chunk lengths of the segsum scan")
+    ap.add_argument("--scan-chunk", type=int, default=None, help="models: scan chunk (default: automatic)")
+    ap.add_argument("--scan-inner", default="scan", choices=("scan", "segsum"), help="models: chunk method")
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--hf-iters", type=int, default=None)
@@ -387,7 +398,10 @@ def main(argv: list[str] | None = None) -> dict:
         shapes = SMOKE_KERNEL_SHAPES if args.smoke else KERNEL_SHAPES
         chunks = [int(c) for c in args.kernel_chunks.split(",") if c.strip()]
         chunks = [c for c in chunks if not args.smoke or c <= 64]
-        report["kernel"] = [kernel_case(*shape, chunks, args, copy_bw) for shape in shapes]
+        if args.smoke:
+            args.kernel_segsum_chunks = ",".join(c for c in args.kernel_segsum_chunks.split(",") if int(c) <= 16)
+        seg = [int(c) for c in args.kernel_segsum_chunks.split(",") if c.strip()]
+        report["kernel"] = [kernel_case(*shape, chunks, seg, args, copy_bw) for shape in shapes]
     if "caduceus" in sections:
         spec = args.caduceus_cases or (SMOKE_CADUCEUS_CASES if args.smoke else CADUCEUS_CASES)
         cases = [tuple(c.strip().split(":")) for c in spec.split(",") if c.strip()]

@@ -145,6 +145,8 @@ def test_config_from_hf_presets_and_roundtrip(golden, tmp_path):
         dataclasses.replace(cfg, complement_map=(1,) * 16)
     with pytest.raises(ConfigError, match="bidirectional_strategy"):
         dataclasses.replace(cfg, bidirectional_strategy="concat")
+    with pytest.raises(ConfigError, match="scan_inner"):
+        dataclasses.replace(cfg, scan_inner="fft")
     with pytest.raises(ConfigError, match="unknown Caduceus preset"):
         CaduceusConfig.preset("ps-1m")
     # the published 131k models: 16 BiMamba blocks of d 256, 7.7M parameters (30.9 MB fp32)
@@ -169,8 +171,8 @@ def test_orbax_roundtrip_and_scan_chunk(golden, tmp_path):
     assert back.fingerprint() == model.fingerprint()
     jax.tree.map(np.testing.assert_array_equal, nnx.state(back.module, nnx.Param), nnx.state(model.module, nnx.Param))
     ids = case.inputs["input_ids"]
-    # another scan chunking of the same weights gives the same logits
-    chunked = SPEC.build(dataclasses.replace(model.config, scan_chunk=4), nnx.Rngs(0))
+    # another scan chunking (segment-sum chunks of 4) of the same weights gives the same logits
+    chunked = SPEC.build(dataclasses.replace(model.config, scan_chunk=4, scan_inner="segsum"), nnx.Rngs(0))
     nnx.update(chunked, nnx.state(model.module, nnx.Param))
     assert rel_err(np.asarray(_forward(chunked)(ids)), case.outputs["logits"]) <= 1e-4
 
@@ -187,14 +189,15 @@ def test_bench_smoke_runs(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     report = bench.main(["--smoke", "--mamba-cases", "32:2", "--mamba-dtypes", "float32", "--caduceus-cases",
-                         "tiny-ps:float32", "--caduceus-length", "64", "--kernel-chunks", "16", "--iters", "1",
+                         "tiny-ps:float32", "--caduceus-length", "64", "--kernel-chunks", "16", "--kernel-segsum-chunks", "8",
+                         "--scan-inner", "segsum", "--iters", "1",
                          "--warmup", "1", "--hf-iters", "1", "--copy-mib", "4"])
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
     (kernel,) = report["kernel"]
-    assert {"chunked-16", "associative"} <= set(kernel["variants"]) and "fastest" in kernel
+    assert {"chunked-16", "chunked-segsum-8", "associative"} <= set(kernel["variants"]) and "fastest" in kernel
     assert all(v["max_rel_diff_vs_first"] <= 1e-5 for v in list(kernel["variants"].values())[1:])
     (cad,) = report["caduceus"]
-    assert cad["tokens_per_s"] > 0 and cad["finite"] and cad["variant"] == "ps"
+    assert cad["tokens_per_s"] > 0 and cad["finite"] and cad["variant"] == "ps" and cad["scan_inner"] == "segsum"
     (mamba,) = report["mamba"]
     assert mamba["glmjax"]["tokens_per_s"] > 0 and mamba["transformers"]["float32"]["tokens_per_s"] > 0
     assert mamba["max_abs_logp_diff_vs_transformers"]["float32"] < 1e-4

@@ -8,10 +8,10 @@ from glmjax.kernels import selective_scan as ss
 from glmjax.kernels.selective_scan import default_chunk_size, selective_scan
 
 # jitted once per static configuration: eager op-by-op dispatch of the scans is far slower
-_STATIC = ("chunk_size", "return_final_state")
+_STATIC = ("return_final_state", "chunk_size", "inner")
 selective_scan_chunked = jax.jit(ss.selective_scan_chunked, static_argnames=_STATIC)
-selective_scan_associative = jax.jit(ss.selective_scan_associative, static_argnames=_STATIC[1:])
-selective_scan_sequential = jax.jit(ss.selective_scan_sequential, static_argnames=_STATIC[1:])
+selective_scan_associative = jax.jit(ss.selective_scan_associative, static_argnames=_STATIC[:1])
+selective_scan_sequential = jax.jit(ss.selective_scan_sequential, static_argnames=_STATIC[:1])
 selective_state_update = jax.jit(ss.selective_state_update)
 
 
@@ -58,11 +58,12 @@ def test_all_methods_match_float64_reference(per_row):
     asc_y, asc_h = selective_scan_associative(*args, return_final_state=True)
     assert _rel(asc_y, ref_y) <= 1e-5 and _rel(asc_h, ref_h) <= 1e-5
     # L = 45 is not a multiple of any of these; 64 > L is a single padded chunk
-    for chunk in ((1, 7, 16, 64) if not per_row else (7,)):
-        y, h = selective_scan_chunked(*args, chunk_size=chunk, return_final_state=True)
+    cases = [(1, "scan"), (7, "scan"), (64, "scan"), (7, "segsum")] if not per_row else [(7, "scan"), (4, "segsum")]
+    for chunk, inner in cases:
+        y, h = selective_scan_chunked(*args, chunk_size=chunk, inner=inner, return_final_state=True)
         assert y.shape == ref_y.shape
-        assert _rel(y, ref_y) <= 1e-5, chunk
-        assert _rel(h, ref_h) <= 1e-5, chunk
+        assert _rel(y, ref_y) <= 1e-5, (chunk, inner)
+        assert _rel(h, ref_h) <= 1e-5, (chunk, inner)
 
 
 def test_without_optional_terms_and_state():
@@ -74,28 +75,31 @@ def test_without_optional_terms_and_state():
                                rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="unknown selective-scan method"):
         selective_scan(x, dt, A, B, C, method="fft")
+    with pytest.raises(ValueError, match="unknown inner chunk method"):
+        selective_scan(x, dt, A, B, C, inner="fft")
 
 
 def test_chunked_is_stable_under_strong_decay():
     """|Δ A| up to ~3e4 per step: cumulative decays underflow to 0 but nothing overflows."""
     args = _inputs(2, length=70, scale_a=8.0, dt_scale=10.0)
     ref_y, ref_h = _numpy_ref(*args)
-    for chunk in (16, 128):
-        y, h = selective_scan_chunked(*args, chunk_size=chunk, return_final_state=True)
+    for inner in ("scan", "segsum"):
+        y, h = selective_scan_chunked(*args, chunk_size=16, inner=inner, return_final_state=True)
         assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(h)).all()
         assert _rel(y, ref_y) <= 1e-5 and _rel(h, ref_h) <= 1e-5
 
 
 def test_state_carries_across_calls():
-    """Scanning [0, 30) then [30, 45) from the carried state equals one scan over [0, 45)."""
-    x, dt, A, B, C, D, z, h0 = _inputs(3)
-    full = selective_scan_chunked(x, dt, A, B, C, D, z, h0, chunk_size=8)
-    cut = lambda a, s: a[:, s]
-    y1, h1 = selective_scan_chunked(*(cut(a, slice(0, 30)) for a in (x, dt)), A, *(cut(a, slice(0, 30)) for a in (B, C)),
-                                    D, cut(z, slice(0, 30)), h0, chunk_size=8, return_final_state=True)
-    y2 = selective_scan_chunked(*(cut(a, slice(30, None)) for a in (x, dt)), A,
-                                *(cut(a, slice(30, None)) for a in (B, C)), D, cut(z, slice(30, None)), h1, chunk_size=8)
-    assert _rel(jnp.concatenate([y1, y2], axis=1), full) <= 1e-5
+    """Scanning [0, 20) then [20, 40) from the carried state equals one scan over [0, 40)."""
+    x, dt, A, B, C, D, z, h0 = _inputs(3, length=40)
+    full = selective_scan_chunked(x, dt, A, B, C, D, z, h0, chunk_size=8, return_final_state=True)
+    halves = [tuple(a[:, s] for a in (x, dt, B, C, z)) for s in (slice(0, 20), slice(20, None))]
+    state, ys = h0, []
+    for xs, dts, bs, cs, zs in halves:
+        y, state = selective_scan_chunked(xs, dts, A, bs, cs, D, zs, state, chunk_size=8, return_final_state=True)
+        ys.append(y)
+    assert _rel(jnp.concatenate(ys, axis=1), full[0]) <= 1e-5
+    assert _rel(state, full[1]) <= 1e-5
 
 
 def test_state_update_steps_match_scan():

@@ -41,7 +41,7 @@ from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.selective_scan import selective_scan
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
 from glmjax.models.checkpoints import TensorSource
-from glmjax.models.mamba import Norm, SSMCore, convert_mixer, linear, normal_init
+from glmjax.models.mamba import Norm, SSMCore, check_scan_options, convert_mixer, linear, normal_init
 from glmjax.tokenizers import CharTokenizer, caduceus_char_tokenizer
 
 _List = getattr(nnx, "List", list)
@@ -74,6 +74,7 @@ class CaduceusConfig:
       complement_map: complement token id of every id (length ``vocab_size``).
       max_len: context length in tokens (131072 for the published 131k models).
       scan_chunk: chunk length of the selective scan (None: chosen from the sequence length).
+      scan_inner: ``scan`` or ``segsum`` chunk processing (same results; see the kernel).
       dtype: compute dtype name; parameters stay float32, scan and norms run in float32.
     """
 
@@ -96,6 +97,7 @@ class CaduceusConfig:
     complement_map: tuple[int, ...] = _complement_map(16)
     max_len: int = 131072
     scan_chunk: int | None = None
+    scan_inner: str = "scan"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -111,6 +113,7 @@ class CaduceusConfig:
             raise ConfigError(f"Caduceus complement_map must be an involution of the {self.vocab_size} token "
                               f"ids (one entry per id); got {list(cm)}")
         object.__setattr__(self, "complement_map", cm)
+        check_scan_options(self.scan_chunk, self.scan_inner)
 
     @property
     def d_inner(self) -> int:
@@ -216,6 +219,7 @@ class BiMamba(nnx.Module):
         self.strategy = cfg.bidirectional_strategy
         self.tied = cfg.bidirectional_weight_tie
         self.scan_chunk = cfg.scan_chunk
+        self.scan_inner = cfg.scan_inner
         self.in_proj = linear(d, 2 * di, cfg.bias, dtype, rngs)
         self.out_proj = linear(di, d, cfg.bias, dtype, rngs)
         core = lambda: SSMCore(di, cfg.d_state, cfg.d_conv, cfg.time_step_rank, cfg.conv_bias, dtype, rngs)
@@ -233,7 +237,8 @@ class BiMamba(nnx.Module):
         if not self.bidirectional:
             u = self.fwd.conv(xz[..., :di])
             dt, b, c = self.fwd.params_from_conv(u.astype(self.dtype))
-            y = selective_scan(u, dt, self.fwd.A(), b, c, self.fwd.D[...], xz[..., di:], chunk_size=self.scan_chunk)
+            y = selective_scan(u, dt, self.fwd.A(), b, c, self.fwd.D[...], xz[..., di:],
+                               chunk_size=self.scan_chunk, inner=self.scan_inner)
             return self.out_proj(y.astype(self.dtype))
         # the reverse Mamba reads flip_L(x): with tied weights its in_proj output is flip_L(xz)
         xz_rev = (xz if self.rev_in_proj is None else self.rev_in_proj(x))[:, ::-1]
@@ -246,7 +251,7 @@ class BiMamba(nnx.Module):
         per_row = lambda p_f, p_r: cat(jnp.broadcast_to(p_f, (r, *p_f.shape)), jnp.broadcast_to(p_r, (r, *p_r.shape)))
         y = selective_scan(cat(u_f, u_r), cat(dt_f, dt_r), per_row(self.fwd.A(), self.rev.A()), cat(b_f, b_r),
                            cat(c_f, c_r), per_row(self.fwd.D[...], self.rev.D[...]), cat(xz[..., di:], xz_rev[..., di:]),
-                           chunk_size=self.scan_chunk)
+                           chunk_size=self.scan_chunk, inner=self.scan_inner)
         y_f = y[:r].astype(self.dtype)
         y_r = y[r:, ::-1].astype(self.dtype)
         out_rev = self.out_proj if self.rev_out_proj is None else self.rev_out_proj

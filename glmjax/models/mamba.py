@@ -86,6 +86,14 @@ def normal_init(std: float):
 # ---------------------------------------------------------------------------------------------
 # Building blocks (also used by Caduceus)
 
+def check_scan_options(chunk: int | None, inner: str) -> None:
+    """ConfigError unless ``chunk`` is None or >= 1 and ``inner`` is ``scan`` or ``segsum``."""
+    if chunk is not None and int(chunk) < 1:
+        raise ConfigError(f"scan_chunk must be >= 1 (or None for automatic), got {chunk}")
+    if inner not in ("scan", "segsum"):
+        raise ConfigError(f"scan_inner must be 'scan' or 'segsum', got {inner!r}")
+
+
 class Norm(nnx.Module):
     """RMSNorm (``rms=True``: ``x / sqrt(mean(x^2) + eps) * w``) or LayerNorm (with bias), in
     float32 over the last axis. ``reverse_weight=True`` applies the channel-reversed weight (what
@@ -187,10 +195,12 @@ class MambaMixer(nnx.Module):
     """A Mamba v1 mixer: ``in_proj`` -> :class:`SSMCore` -> selective scan -> ``out_proj``."""
 
     def __init__(self, d_model: int, d_inner: int, d_state: int, d_conv: int, dt_rank: int,
-                 conv_bias: bool, bias: bool, dtype, rngs: nnx.Rngs, scan_chunk: int | None = None):
+                 conv_bias: bool, bias: bool, dtype, rngs: nnx.Rngs, scan_chunk: int | None = None,
+                 scan_inner: str = "scan"):
         self.d_inner = d_inner
         self.dtype = dtype
         self.scan_chunk = scan_chunk
+        self.scan_inner = scan_inner
         self.in_proj = linear(d_model, 2 * d_inner, bias, dtype, rngs)
         self.ssm = SSMCore(d_inner, d_state, d_conv, dt_rank, conv_bias, dtype, rngs)
         self.out_proj = linear(d_inner, d_model, bias, dtype, rngs)
@@ -205,7 +215,7 @@ class MambaMixer(nnx.Module):
             u = u * mask[..., None].astype(u.dtype)
         dt, b, c = self.ssm.params_from_conv(u.astype(self.dtype))
         y = selective_scan(u, dt, self.ssm.A(), b, c, self.ssm.D[...], xz[..., self.d_inner:],
-                           chunk_size=self.scan_chunk)
+                           chunk_size=self.scan_chunk, inner=self.scan_inner)
         return self.out_proj(y.astype(self.dtype))
 
     def prefill(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -217,7 +227,7 @@ class MambaMixer(nnx.Module):
         u = self.ssm.conv(x_in)
         dt, b, c = self.ssm.params_from_conv(u.astype(self.dtype))
         y, state = selective_scan(u, dt, self.ssm.A(), b, c, self.ssm.D[...], xz[..., self.d_inner:],
-                                  chunk_size=self.scan_chunk, return_final_state=True)
+                                  chunk_size=self.scan_chunk, inner=self.scan_inner, return_final_state=True)
         k = self.ssm.conv_weight.shape[1]
         window = jnp.pad(x_in, ((0, 0), (k, 0), (0, 0)))[:, -k:]  # last k inputs, zeros before the start
         return self.out_proj(y.astype(self.dtype)), jnp.swapaxes(window, 1, 2), state
@@ -253,6 +263,8 @@ class MambaConfig:
       tie_embeddings: LM head = embedding [tie_word_embeddings].
       max_len: default context length in tokens (the recurrence itself has no limit).
       scan_chunk: chunk length of the selective scan (None: chosen from the sequence length).
+      scan_inner: how the scan treats a chunk, ``scan`` (sequential steps) or ``segsum`` (see
+        :func:`glmjax.kernels.selective_scan.selective_scan_chunked`); same results.
       dtype: compute dtype name; parameters stay float32, scan and norms run in float32.
     """
 
@@ -270,12 +282,14 @@ class MambaConfig:
     tie_embeddings: bool = True
     max_len: int = 131072
     scan_chunk: int | None = None
+    scan_inner: str = "scan"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"Mamba config {name} must be >= 1, got {getattr(self, name)}")
+        check_scan_options(self.scan_chunk, self.scan_inner)
 
     @property
     def d_inner(self) -> int:
@@ -367,7 +381,8 @@ class MambaBlock(nnx.Module):
     def __init__(self, cfg: MambaConfig, dtype, rngs: nnx.Rngs):
         self.norm = Norm(cfg.d_model, cfg.norm_eps, cfg.rms_norm)
         self.mixer = MambaMixer(cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.time_step_rank,
-                                cfg.conv_bias, cfg.bias, dtype, rngs, scan_chunk=cfg.scan_chunk)
+                                cfg.conv_bias, cfg.bias, dtype, rngs, scan_chunk=cfg.scan_chunk,
+                                scan_inner=cfg.scan_inner)
 
     def __call__(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
         return h + self.mixer(self.norm(h), mask).astype(F32)
