@@ -78,7 +78,7 @@ def _finish(y, x, D, z):
 def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
                            D: jax.Array | None = None, z: jax.Array | None = None,
                            initial_state: jax.Array | None = None, *, chunk_size: int | None = None,
-                           inner: str = "scan", unroll: int = 4, return_final_state: bool = False):
+                           inner: str = "scan", unroll: int | None = None, return_final_state: bool = False):
     """Chunked selective scan (see the module docstring); returns ``y`` float32 ``[R, L, D]``, and
     the final state ``[R, D, N]`` as well when ``return_final_state``.
 
@@ -88,7 +88,8 @@ def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Arr
       chunk_size: steps per chunk (default :func:`default_chunk_size`); any ``L`` works (the last
         chunk is padded with ``Δ = 0`` steps, which leave the state unchanged).
       inner: phase 1 as a ``"scan"`` over the chunk's steps or as masked ``"segsum"`` reductions.
-      unroll: unrolling of the phase-1 step loop (``inner="scan"``).
+      unroll: unrolling of the phase-1 step loop (``inner="scan"``); default 4 on GPU, where it
+        saves loop-iteration overhead, and 1 elsewhere (faster to compile, same speed on CPU).
     """
     if inner not in ("scan", "segsum"):
         raise ValueError(f"unknown inner chunk method {inner!r}; use scan or segsum")
@@ -118,6 +119,8 @@ def selective_scan_chunked(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Arr
             return h, jnp.sum(h * c_t[:, :, None, :], axis=-1)
 
         xs = tuple(jnp.moveaxis(a, 2, 0) for a in (xc, dtc, Bc, Cc))
+        if unroll is None:
+            unroll = 4 if jax.default_backend() == "gpu" else 1
         h_end, y_loc = lax.scan(step, jnp.zeros((r, nc, d, n), F32), xs, unroll=max(1, min(unroll, t)))
         y_loc = jnp.moveaxis(y_loc, 0, 2)  # [R, nc, T, D]
     else:
