@@ -5,12 +5,12 @@ phage lambda NC_001416.1, phiX174 NC_001422.1, SARS-CoV-2 NC_045512.2, human mit
 NC_012920.1; see ``genomes.tsv``). The demo
 
 1. windows phiX174, SARS-CoV-2 and the human mitochondrion into 100-nt windows (the private
-   cohort), generates canaries (16-nt prefix + 8-nt secret), plants them at repetitions
+   cohort), generates canaries (16-nt prefix + 7-nt secret), plants them at repetitions
    1, 4, 16, 64 and splits the windows 50/50 into members and non-members;
 2. pretrains a small causal transformer on phage lambda (public data: the reference model),
    fine-tunes it on the members in full and with LoRA, and trains a HyenaDNA model from scratch
    on the members (the families are configurable);
-3. audits every trained model (perplexity detection, extraction, exact exposure over all 4^8
+3. audits every trained model (perplexity detection, extraction, exact exposure over all 4^7
    candidate secrets, membership inference incl. the reference ratio for the fine-tuned models)
    and writes one report per model plus a summary.
 
@@ -51,7 +51,7 @@ class DemoProfile:
     canaries_per_repetition: int = 2
     controls: int = 2
     prefix_len: int = 16
-    secret_len: int = 8
+    secret_len: int = 7
     pretrain_epochs: int = 4
     epochs: int = 10
     lora_epochs: int = 10
@@ -62,7 +62,7 @@ class DemoProfile:
     bootstrap: int = 100
 
 
-QUICK = DemoProfile(secret_len=6, pretrain_epochs=2, epochs=6, lora_epochs=6, neighbours=0, bootstrap=50)
+QUICK = DemoProfile(pretrain_epochs=2, epochs=6, lora_epochs=6, neighbours=0, bootstrap=50)
 
 
 def _resource(name: str) -> Path:

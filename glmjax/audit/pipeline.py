@@ -114,9 +114,14 @@ def _canary_store(path: Path, entries: list[dict], samples: dict[str, np.ndarray
 
 def _neighbour_store(path: Path, seqs: list[np.ndarray], n: int, rate: float, seed: int) -> None:
     w = SequenceStoreWriter(path, provenance={"purpose": "neighbourhood attack", "seed": seed, "rate": rate})
+    recs = []
     for i, s in enumerate(seqs):
         nb = MIA.point_mutation_neighbours(s, n, rate, seed + i)
-        w.add([Record(f"n{i}.{j}", nb[j]) for j in range(n)])
+        recs += [Record(f"n{i}.{j}", nb[j]) for j in range(n)]
+        if len(recs) >= 8192:
+            w.add(recs)
+            recs = []
+    w.add(recs)
     w.finalize()
 
 
@@ -212,6 +217,7 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
             result.reference_member_log_ppl, result.reference_nonmember_log_ppl = rl[labels], rl[~labels]
 
     # ---------------------------------------------------------------- membership inference
+    nb_scores = None
     if member is not None:
         log("membership-inference attacks")
         seqs = store.take(genome) if len(genome) < len(store) else store.sequences()
@@ -225,7 +231,6 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
         else:
             skipped["reference"] = "no --reference model given"
         scores = MIA.attack_scores(tcols, **kw)
-        eval_rows = np.arange(len(genome))
         if opts.neighbours > 0:
             rng = np.random.default_rng([opts.seed, 0xE1])
             pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
@@ -236,9 +241,7 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
                              opts.neighbour_rate, opts.seed)
             nss = _score(target, sdir / "neighbours_input.h5", sdir / "neighbours.h5", opts)
             nb = np.asarray(nss.column("sum_logp")).reshape(len(pick), opts.neighbours)
-            nb_full = np.full((len(genome), opts.neighbours), np.nan)
-            nb_full[pick] = nb
-            scores["neighbourhood"] = MIA.neighbourhood_score(tcols["sum_logp"], nb_full)
+            nb_scores = (pick, MIA.neighbourhood_score(tcols["sum_logp"][pick], nb))
         if shadows is not None:
             dirs, inc = _read_shadows(Path(shadows), store)
             log(f"scoring with {len(dirs)} shadow models")
@@ -251,9 +254,8 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
         else:
             skipped["lira"] = skipped["rmia"] = "no --shadows folder given"
         # the neighbourhood attack is evaluated on its sampled rows only; every other attack on all rows
-        result.mia_labels = labels[eval_rows]
-        result.mia_scores = {k: v for k, v in scores.items() if k != "neighbourhood"}
-        nb_scores = scores.get("neighbourhood")
+        result.mia_labels = labels
+        result.mia_scores = scores
 
     # ---------------------------------------------------------------- canaries
     canary_results: list[CanaryResult] = []
@@ -315,8 +317,9 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
     report = evaluate(result, reveal=reveal)
     if extraction_info is not None:
         report["extraction_attacks"] = extraction_info
-    if member is not None and nb_scores is not None:
-        report["mia"]["neighbourhood"] = _neighbourhood_metrics(labels, nb_scores, opts)
+    if nb_scores is not None:
+        pick, nbs = nb_scores
+        report["mia"]["neighbourhood"] = _neighbourhood_metrics(labels[pick], nbs, opts)
     report["skipped"] = skipped
     report["seconds"] = round(time.perf_counter() - t0, 2)
     paths = write_report(report, out)
@@ -327,9 +330,8 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
 def _neighbourhood_metrics(labels: np.ndarray, scores: np.ndarray, opts: AuditOptions) -> dict:
     from glmjax.audit.metrics import evaluate_attack
 
-    ok = np.isfinite(scores)
-    m = evaluate_attack(labels[ok], scores[ok], n_bootstrap=opts.n_bootstrap, seed=opts.seed)
-    return {"rows": int(ok.sum()), **m.to_dict()}
+    m = evaluate_attack(labels, scores, n_bootstrap=opts.n_bootstrap, seed=opts.seed)
+    return {"rows": int(len(scores)), **m.to_dict()}
 
 
 def _random_secrets(k: int, n: int, seed: int, i: int) -> np.ndarray:

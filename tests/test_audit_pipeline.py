@@ -1,0 +1,118 @@
+"""The audit pipeline end to end (tiny causal model, real genome, canaries at 1x and 64x), the
+``glmjax audit`` command's input checks, and the demo's data/training/audit path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from glmjax import models
+from glmjax.audit.pipeline import AuditOptions, headline, run_audit
+from glmjax.audit.schema import validate_report
+from glmjax.cli import main
+from glmjax.data.canaries import CanaryParams, build_manifest, plant, write_manifest
+from glmjax.data.fasta import WindowSpec, window_to_store
+from glmjax.data.splits import split_store
+from glmjax.data.store import SequenceStore
+from glmjax.demo import DemoProfile, run_demo
+from glmjax.train.trainer import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """A tiny llama trained on lambda-phage windows with canaries planted 1x and 64x, audited."""
+    from importlib import resources
+
+    d = tmp_path_factory.mktemp("audit")
+    fa = resources.files("glmjax.resources").joinpath("lambda_phage.fa.gz")
+    window_to_store(str(fa), d / "w.h5", WindowSpec(length=48, stride=96))
+    write_manifest(d / "c.json", build_manifest(CanaryParams(num=4, prefix_len=12, secret_len=6, controls=1), 3,
+                                                screen_store=d / "w.h5"))
+    plant(d / "w.h5", d / "c.json", d / "p.h5", [1, 64], 3, manifest_out=d / "p.json")
+    split_store(d / "p.h5", 0.5, 3)
+    import dataclasses
+
+    cfg = dataclasses.replace(models.get_family("llama").config_cls.tiny(), hidden_size=64, intermediate_size=128)
+    model = models.build("llama", cfg, seed=0)
+    train(model, d / "p.h5", TrainConfig(epochs=10, batch_size=32, lr=5e-3, warmup_steps=5), d / "run",
+          val_fraction=0.0)
+    opts = AuditOptions(exact_k_max=6, neighbours=2, neighbour_rows=100, n_bootstrap=20, beam_width=4)
+    res = run_audit(d / "run" / "model", d / "p.h5", d / "report", canaries=d / "p.json", opts=opts,
+                    log=lambda *a: None)
+    return d, res
+
+
+def test_report_is_complete_and_valid(audited):
+    d, res = audited
+    rep = json.loads((d / "report" / "report.json").read_text())
+    validate_report(rep)
+    assert set(rep["risk"]["vectors"]) == {"detection", "extraction", "mia"}
+    assert 0.0 <= rep["risk"]["worst_case"] <= 1.0
+    assert rep["risk"]["worst_case"] == max(rep["risk"]["vectors"].values())
+    attacks = rep["mia"]["attacks"]
+    for name in ("loss", "zlib", "kmer3_entropy", "mink_20", "minkpp_20"):
+        assert 0.0 <= attacks[name]["auc"] <= 1.0
+    assert rep["mia"]["neighbourhood"]["rows"] > 0
+    assert {"reference", "lira", "rmia"} <= set(rep["skipped"])
+    html = (d / "report" / "report.html").read_text()
+    assert "<img" in html and "data:image/png;base64," in html
+    # no raw secret anywhere without --reveal
+    manifest = json.loads((d / "p.json").read_text())
+    for c in manifest["canaries"]:
+        assert c["secret"] not in json.dumps(rep) or len(c["secret"]) < 6
+    assert "memorization risk" in headline(rep)
+
+
+def test_exposure_and_extraction_rise_with_repetition(audited):
+    _, res = audited
+    can = res.report["canaries"]
+    by = {r: [c for c in can if c["repetitions"] == r] for r in (0, 1, 64)}
+    assert all(by.values())
+    e64 = np.mean([c["exposure"] for c in by[64]])
+    e1 = np.mean([c["exposure"] for c in by[1]])
+    assert e64 > e1 + 3.0, (e1, e64)
+    assert all(c["exposure_method"] == "exact" and c["n_candidates"] == 4 ** 6 for c in can)
+    assert np.mean([c["extracted"] for c in by[64]]) >= np.mean([c["extracted"] for c in by[1]])
+
+
+def test_scores_are_kept_for_reanalysis(audited):
+    d, _ = audited
+    from glmjax.engine.scorestore import ScoreStore
+
+    with SequenceStore(d / "p.h5") as store:
+        n = len(store)
+    ss = ScoreStore(d / "report" / "scores" / "target.h5")
+    assert len(ss) == n and ss.mode == "causal"
+
+
+def test_audit_cli_bad_inputs(tmp_path, capsys):
+    assert main(["audit", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "x.h5"),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "notastore.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
+    model_dir = models.save(models.build("llama"), tmp_path / "m")
+    assert main(["audit", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glmjax: error:") and len(err.strip().splitlines()) == 1
+    assert main(["audit", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r"),
+                 "--fpr", "2"]) == 2
+
+
+def test_demo_runs_end_to_end_on_bundled_genomes(tmp_path, monkeypatch):
+    import glmjax.demo as demo
+
+    tiny = DemoProfile(window=48, canaries_per_repetition=1, controls=1, prefix_len=8, secret_len=7,
+                       pretrain_epochs=1, epochs=2, lora_epochs=1, batch_size=32, neighbours=0, bootstrap=10)
+    monkeypatch.setattr(demo, "QUICK", tiny)
+    s = run_demo(tmp_path / "demo", families=("llama",), quick=True, log=lambda *a: None)
+    out = tmp_path / "demo"
+    assert (out / "report.html").exists() and (out / "report.json").exists()
+    assert set(s["models"]) == {"llama-full", "llama-lora"}
+    assert s["headline"]["band"] in ("low", "medium", "high")
+    rep = json.loads((out / "audits" / "llama-full" / "report.json").read_text())
+    assert "reference" in rep["mia"]["attacks"]  # the public-data base model is the reference
+    assert sorted(s["models"]["llama-full"]["exposure_by_repetition"]) == ["0", "1", "16", "4", "64"]
