@@ -120,7 +120,13 @@ def _pieces_batch(tok, seqs, length, size):
     return batching.assemble(tb, np.arange(n), length, size, tok.pad_id, np.arange(n) + 7, np.zeros(n))
 
 
-@pytest.mark.parametrize("family", sorted(gm.families()))
+# llama/nt (attention with a mask), hyenadna (mask-less causal) and caduceus (mask-less
+# bidirectional, exact-length batches) cover the padding policies in the default run.
+CORE_FAMILIES = ("llama", "nt", "hyenadna", "caduceus")
+
+
+@pytest.mark.parametrize("family", [f if f in CORE_FAMILIES else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in sorted(gm.families())])
 def test_scores_do_not_depend_on_batch_bucket_or_size(family):
     model = gm.build(family)
     tok = model.tokenizer
@@ -240,9 +246,9 @@ def test_windows(tmp_path, llama):
     seqs = random_seqs(3, 60, 75, seed=6)
     store = make_store(tmp_path / "in.h5", seqs)
     w = 30
-    score(llama, store, tmp_path / "w.h5", window=w, per_token=True)
+    score(llama, store, tmp_path / "w.h5", window=w, per_token=True, batch_tokens=64)
     pieces = [s[i:i + w] for s in seqs for i in range(0, s.size, w)]
-    score(llama, make_store(tmp_path / "p.h5", pieces), tmp_path / "p_out.h5", per_token=True)
+    score(llama, make_store(tmp_path / "p.h5", pieces), tmp_path / "p_out.h5", per_token=True, batch_tokens=64)
     cw, tw, *_ = read_all(tmp_path / "w.h5")
     cp, tp, *_ = read_all(tmp_path / "p_out.h5")
     k = 0
@@ -286,7 +292,7 @@ def test_resume_after_interrupt_gives_identical_file(tmp_path, llama):
 
 
 def test_bad_inputs_fail_before_scoring_and_leave_nothing(tmp_path, llama):
-    store = make_store(tmp_path / "in.h5", random_seqs(3, 25, 31))
+    store = make_store(tmp_path / "in.h5", random_seqs(9, 25, 31))
     out = tmp_path / "o.h5"
     score(llama, store, out, per_token=True)
     with pytest.raises(StoreError, match="ScoreStore, not a glmjax.SequenceStore"):
@@ -317,7 +323,8 @@ def test_fasta_input_and_merge(tmp_path, llama):
     assert list(a[0]["id"]) == [f"r{i}" for i in range(9)]
     assert_same_scores(a, b)
     for i in range(2):
-        score(llama, store, tmp_path / "sh.h5", process_index=i, process_count=2, per_token=True)
+        score(llama, store, tmp_path / "sh.h5", process_index=i, process_count=2, per_token=True,
+              batch_tokens=64)
     shards = sorted(tmp_path.glob("sh.shard*"))
     assert len(shards) == 2
     merge_scores(shards[::-1], tmp_path / "merged.h5")

@@ -1,7 +1,7 @@
 """Scoring throughput benchmark: compile time, tokens/s, sequences/s, FLOP/s and bytes/s against
 the device's matmul peak and copy bandwidth, both measured in the same run.
 
-* **matmul peak**: a square matmul (8192 on accelerators, 1024 on CPU) in the scoring dtype,
+* **matmul peak**: a square matmul (8192 on accelerators, 512 on CPU) in the scoring dtype,
   timed on one device; the peak of ``n`` devices is ``n`` times that.
 * **copy bandwidth**: ``y = x + 1`` over a large float32 array (read + write bytes / time).
 * **model FLOPs and bytes**: XLA's cost analysis of one plain forward pass over the shape the
@@ -54,10 +54,10 @@ def measure_matmul_peak(device: jax.Device | None = None, dtype: Any = None, n: 
     """Achieved FLOP/s of a square ``n x n`` matmul on one device (chained to stay on device)."""
     device = device or jax.local_devices()[0]
     accel = device.platform != "cpu"
-    n = n or (8192 if accel else 1024)
+    n = n or (8192 if accel else 512)
     dtype = dtype or (jnp.bfloat16 if accel else jnp.float32)
     a = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(n, n)) / np.sqrt(n), dtype), device)
-    reps = 8
+    reps = 8 if accel else 4
 
     @jax.jit
     def f(x):
@@ -107,6 +107,11 @@ def synthetic_batch(scorer: Scorer, seq_len: int, seed: int = 0, rows: int | Non
     ctx = context_length(scorer.model)
     policy = batching.padding_policy(scorer.model.objective, scorer.model.family, scorer.model.spec.architecture_class)
     n_tok = int(probe.lengths[0])
+    if ctx is not None and n_tok > ctx:
+        from glmjax.errors import ConfigError
+
+        raise ConfigError(f"{seq_len} nt are {n_tok} tokens, more than the model's context of {ctx}; "
+                          "use a shorter --seq-len")
     length = n_tok if policy == "exact" else batching.bucket_length(n_tok, ctx)
     b = rows or scorer.rows_per_batch(length)
     codes = rng.integers(0, 4, size=b * seq_len).astype(np.uint8)

@@ -178,7 +178,8 @@ class Scorer:
         mask_id = model.tokenizer.mask_id
         if mode.name != "causal" and mask_id is None:
             raise ConfigError(f"{model.family}: the tokenizer has no mask token; PLL scoring needs one")
-        key = (graphdef, mode, per_token, self.batch_tokens, chunk, mask_id)
+        # copies per pass (hence the compiled program) depend on batch_tokens only in PLL modes
+        key = (graphdef, mode, per_token, None if mode.name == "causal" else self.batch_tokens, chunk, mask_id)
         self._jit = _JIT_CACHE.get(key)
         if self._jit is None:
             self._jit = _build_jit(graphdef, mode, per_token, chunk, mask_id,
