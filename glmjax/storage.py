@@ -107,7 +107,10 @@ class TableWriter:
         else:
             if self.tmp.exists():
                 self.tmp.unlink()
-            self.f = h5py.File(self.tmp, "w")
+            # No free-space reuse: a chunk rewritten after a commit goes to new space, so the chunks
+            # the last committed (flushed) metadata points to stay intact if the writer is killed
+            # (with reuse, a killed run left chunks overwritten by other data and could not resume).
+            self.f = h5py.File(self.tmp, "w", fs_strategy="none")
             self._create(version, attrs or {}, compression)
         self.rows = int(self.f.attrs["committed_rows"])
         self.resumed_rows = self.rows
