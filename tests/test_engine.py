@@ -208,7 +208,8 @@ def test_causal_engine_matches_reference_and_any_batching(tmp_path, llama):
 def test_masked_exact_pll_matches_reference(tmp_path):
     model = gm.build("nt", seed=2)
     tok = model.tokenizer
-    seqs = random_seqs(3, 20, 40, seed=4)
+    # 36, 31 and 26 nt are all 7 tokens (<cls>, 6-mers, single bases): one reference shape
+    seqs = random_seqs(3, 0, 0, seed=4, lengths=(36, 31, 26))
     store = make_store(tmp_path / "in.h5", seqs)
     score(model, store, tmp_path / "pll.h5", batch_tokens=256, per_token=True)
     cols, toks, mode, params = read_all(tmp_path / "pll.h5")

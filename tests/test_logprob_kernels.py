@@ -15,6 +15,11 @@ def _np(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
+# one compiled program per call shape (eager op-by-op dispatch compiles every primitive)
+token_stats_j = jax.jit(token_stats, static_argnums=(2,))
+causal_token_stats_j = jax.jit(causal_token_stats)
+
+
 def ref_position(z: np.ndarray, target: int) -> dict[str, float]:
     """Explicit float64 log-softmax and moments of one position, with Python loops."""
     z = [float(v) for v in z]
@@ -47,7 +52,7 @@ def test_token_stats_match_float64_reference():
     rng = np.random.default_rng(0)
     logits = (rng.normal(size=(3, 7, 11)) * 3).astype(np.float32)
     targets = rng.integers(0, 11, size=(3, 7))
-    st = _np(token_stats(jnp.asarray(logits), jnp.asarray(targets)))
+    st = _np(token_stats_j(jnp.asarray(logits), jnp.asarray(targets)))
     for b in range(3):
         for t in range(7):
             ref = ref_position(logits[b, t], int(targets[b, t]))
@@ -55,7 +60,7 @@ def test_token_stats_match_float64_reference():
                 np.testing.assert_allclose(float(getattr(st, name)[b, t]), ref[name], rtol=1e-5, atol=1e-5)
             assert float(st.rank[b, t]) == ref["rank"]
     # chunking over positions changes nothing
-    st2 = token_stats(jnp.asarray(logits), jnp.asarray(targets), chunk=4)
+    st2 = token_stats_j(jnp.asarray(logits), jnp.asarray(targets), 4)
     for a, b in zip(st, st2, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
@@ -63,24 +68,22 @@ def test_token_stats_match_float64_reference():
 def test_token_stats_bf16_logits_and_extremes():
     """bf16 logits are upcast; -inf logits and one-hot distributions give no NaN."""
     z = np.array([[0.0, -np.inf, 2.0, 1.0], [50.0, -50.0, -50.0, -50.0]], np.float32)
-    st = _np(token_stats(jnp.asarray(z), jnp.asarray([2, 0])))
+    st = _np(token_stats_j(jnp.asarray(z), jnp.asarray([2, 0])))
     for b, t in ((0, 2), (1, 0)):
         ref = ref_position(np.where(np.isinf(z[b]), -1e30, z[b]), t)
         for name in ("logp", "mu", "sigma"):
             np.testing.assert_allclose(float(getattr(st, name)[b]), ref[name], rtol=1e-5, atol=1e-6)
     assert np.isfinite(np.asarray(st.sigma)).all() and np.isfinite(np.asarray(st.mu)).all()
     zb = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 9)), jnp.bfloat16)
-    stb = token_stats(zb, jnp.zeros((2, 5), jnp.int32))
-    ref = token_stats(zb.astype(jnp.float32), jnp.zeros((2, 5), jnp.int32))
+    stb = token_stats_j(zb, jnp.zeros((2, 5), jnp.int32))
+    ref = token_stats_j(zb.astype(jnp.float32), jnp.zeros((2, 5), jnp.int32))
     assert stb.logp.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(stb.logp), np.asarray(ref.logp), rtol=1e-6)
 
 
 def test_rank_ties_count_in_favour():
-    st = token_stats(jnp.asarray([[1.0, 3.0, 3.0, 0.0]]), jnp.asarray([2]))
-    assert float(st.rank[0]) == 0.0
-    st = token_stats(jnp.asarray([[1.0, 3.0, 3.0, 0.0]]), jnp.asarray([3]))
-    assert float(st.rank[0]) == 3.0
+    st = _np(token_stats_j(jnp.asarray([[1.0, 3.0, 3.0, 0.0]] * 2), jnp.asarray([2, 3])))
+    assert st.rank[0] == 0.0 and st.rank[1] == 3.0
 
 
 def test_causal_alignment():
@@ -90,7 +93,7 @@ def test_causal_alignment():
     ids = rng.integers(0, 5, size=(2, 6))
     scored = np.ones((2, 6), bool)
     scored[1, 4:] = False
-    st, valid = _np(causal_token_stats(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(scored)))
+    st, valid = _np(causal_token_stats_j(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(scored)))
     assert not bool(valid[0, 0]) and bool(valid[0, 1]) and not bool(valid[1, 4])
     for b in range(2):
         for t in range(1, 6):
@@ -111,8 +114,8 @@ def test_sequence_reductions_match_definitions():
     valid[3] = False
     valid[2] = False
     valid[2, 5] = True  # a single token: every Min-K% is that token
-    dev = _np(sequence_reductions(*(jnp.asarray(x, jnp.float32) for x in (lp, mu, sigma, ent, rank)), None,
-                                  jnp.asarray(valid)))
+    dev = _np(jax.jit(sequence_reductions)(*(jnp.asarray(x, jnp.float32) for x in (lp, mu, sigma, ent, rank)),
+                                           None, jnp.asarray(valid)))
     host = sequence_reductions(lp, mu, sigma, ent, rank, None, valid, xp=np)
     for r in range(b):
         sel = valid[r]
@@ -137,7 +140,7 @@ def test_fused_in_jit_equals_unfused():
     ids = jnp.asarray(rng.integers(0, 8, size=(2, 9)))
     mask = jnp.ones((2, 9), bool)
     fused = jax.jit(lambda i, m: causal_token_stats(forward(i, m), i, m)[0])(ids, mask)
-    plain = causal_token_stats(np.asarray(forward(ids, mask)), ids, mask)[0]
+    plain = causal_token_stats_j(np.asarray(forward(ids, mask)), ids, mask)[0]
     np.testing.assert_allclose(np.asarray(fused.logp), np.asarray(plain.logp), rtol=1e-5)
 
 
@@ -147,7 +150,7 @@ def test_min_k_plus_plus_score_is_accurate_for_near_uniform_predictions():
     rng = np.random.default_rng(6)
     logits = (rng.normal(size=(4, 4105)) * 0.02).astype(np.float32)
     targets = rng.integers(0, 4105, size=4)
-    st = _np(token_stats(jnp.asarray(logits), jnp.asarray(targets)))
+    st = _np(token_stats_j(jnp.asarray(logits), jnp.asarray(targets)))
     for b in range(4):
         ref = ref_position(logits[b], int(targets[b]))
         np.testing.assert_allclose(st.z[b], ref["z"], rtol=1e-5, atol=1e-5)

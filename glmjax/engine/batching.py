@@ -100,32 +100,39 @@ def _char_block(tok: CharTokenizer, codes: np.ndarray, offsets: np.ndarray) -> T
     n = np.diff(offsets).astype(np.int64)
     pre = int(tok.bos_id is not None)
     post = int(tok.eos_id is not None)
-    tl = n + pre + post
-    toff = np.concatenate([[0], np.cumsum(tl)]).astype(np.int64)
+    toff = np.concatenate([[0], np.cumsum(n + pre + post)]).astype(np.int64)
     total = int(toff[-1])
+    special = np.zeros(total, bool)
+    if pre:
+        special[toff[:-1]] = True
+    if post:
+        special[toff[1:] - 1] = True
     ids = np.empty(total, np.int32)
-    scored = np.zeros(total, bool)
-    body = np.arange(int(offsets[-1] - offsets[0]), dtype=np.int64) + np.repeat(toff[:-1] + pre - (offsets[:-1] - offsets[0]), n)
-    ids[body] = np.asarray(tok.base_ids, np.int32)[codes[int(offsets[0]):int(offsets[-1])]]
-    scored[body] = True
+    scored = ~special
+    # boolean-mask assignment: no index array as large as the block
+    ids[scored] = np.asarray(tok.base_ids, np.int32)[codes[int(offsets[0]):int(offsets[-1])]]
     if pre:
         ids[toff[:-1]] = tok.bos_id
     if post:
         ids[toff[1:] - 1] = tok.eos_id
-    return TokenBlock(ids, scored, scored.astype(np.int32), toff)
+    return TokenBlock(ids, scored, scored.view(np.int8).astype(np.int32), toff)
 
 
 def _kmer_block(tok: KmerTokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
-    """NT k-mer tokenization, vectorised for pieces without N (the others go through the tokenizer)."""
+    """NT k-mer tokenization, vectorised over pieces without N (the others go through the tokenizer).
+
+    Work is proportional to the number of tokens: k-mer values are gathered at the k-mer starts
+    only (no per-nucleotide index arrays).
+    """
     k = tok.k
     base = int(offsets[0])
     n = np.diff(offsets).astype(np.int64)
     seg = codes[base:int(offsets[-1])]
+    is_n = seg == 4
     has_n = np.zeros(n.shape[0], bool)
-    if seg.size:
-        is_n = (seg == 4).astype(np.int64)
-        cum = np.concatenate([[0], np.cumsum(is_n)])
-        has_n = (cum[offsets[1:] - base] - cum[offsets[:-1] - base]) > 0
+    if is_n.any():
+        nz = n > 0
+        has_n[nz] = np.add.reduceat(is_n, (offsets[:-1] - base)[nz], dtype=np.int64) > 0
     m = n // k
     r = n % k
     tl = np.where(has_n, 0, 1 + m + r)
@@ -139,26 +146,26 @@ def _kmer_block(tok: KmerTokenizer, codes: np.ndarray, offsets: np.ndarray) -> T
     nts = np.zeros(total, np.int32)
     fast = ~has_n
     ids[toff[:-1][fast]] = tok.cls_id
-    if seg.size:
-        nt = np.array([0, 2, 3, 1, 0], np.int64)[seg]          # A C G T -> index in "ATCG"
-        pos = _segment_positions(n)                              # position within its piece
-        piece_of = np.repeat(np.arange(n.shape[0]), n)
-        ok = fast[piece_of]
-        # k-mer starts: positions p with p % k == 0 and p + k <= n
-        start_mask = ok & (pos % k == 0) & (pos + k <= n[piece_of])
-        starts = np.flatnonzero(start_mask)
-        val = np.zeros(starts.shape[0], np.int64)
-        for j in range(k):
-            val = val * 4 + nt[starts + j]
-        kidx = pos[starts] // k
-        dst = toff[piece_of[starts]] + 1 + kidx
-        ids[dst] = (val + tok.kmer_offset).astype(np.int32)
+    lut = np.array([0, 2, 3, 1, 0], np.int32)              # A C G T -> index in "ATCG"
+    src0 = offsets[:-1] - base                               # piece starts within seg
+    mf = np.where(fast, m, 0)
+    if mf.sum():
+        j = _segment_positions(mf)
+        owner = np.repeat(np.arange(n.shape[0]), mf)
+        starts = src0[owner] + k * j
+        val = np.zeros(starts.shape[0], np.int32)
+        for t in range(k):
+            val = val * 4 + lut[seg[starts + t]]
+        dst = toff[owner] + 1 + j
+        ids[dst] = val + tok.kmer_offset
         nts[dst] = k
-        # leftover single bases after the last full k-mer
-        rest = np.flatnonzero(ok & (pos >= m[piece_of] * k))
-        rdst = toff[piece_of[rest]] + 1 + m[piece_of[rest]] + (pos[rest] - m[piece_of[rest]] * k)
-        ids[rdst] = (nt[rest] + tok.single_offset).astype(np.int32)
-        nts[rdst] = 1
+    rf = np.where(fast, r, 0)
+    if rf.sum():
+        i = _segment_positions(rf)
+        owner = np.repeat(np.arange(n.shape[0]), rf)
+        dst = toff[owner] + 1 + m[owner] + i
+        ids[dst] = lut[seg[src0[owner] + m[owner] * k + i]] + tok.single_offset
+        nts[dst] = 1
     for i, e in slow.items():
         ids[toff[i]:toff[i + 1]] = e.ids
         nts[toff[i]:toff[i + 1]] = e.nucleotides
@@ -289,15 +296,17 @@ def assemble(block: TokenBlock, pieces: np.ndarray, length: int, size: int, pad_
     lens = block.lengths[fill]
     if int(lens.max(initial=0)) > length:
         raise ValueError(f"a piece of {int(lens.max())} tokens does not fit length {length}")
-    col = _segment_positions(lens)
-    row = np.repeat(np.arange(size), lens)
-    src = col + np.repeat(block.offsets[fill], lens)
-    ids = np.full((size, length), pad_id, np.int32)
-    att = np.zeros((size, length), bool)
-    sc = np.zeros((size, length), bool)
-    ids[row, col] = block.ids[src]
-    att[row, col] = True
-    sc[row, col] = block.scored[src]
+    # one 2-D gather per array (clipped at the block's end), then the padding is written over
+    col = np.arange(length, dtype=np.int64)
+    att = col[None, :] < lens[:, None]
+    src = np.minimum(block.offsets[fill][:, None] + col[None, :], max(block.ids.shape[0] - 1, 0))
+    if block.ids.shape[0]:
+        ids = block.ids[src]
+        ids[~att] = pad_id
+        sc = block.scored[src] & att
+    else:
+        ids = np.full((size, length), pad_id, np.int32)
+        sc = np.zeros((size, length), bool)
     tag = np.concatenate([real, np.full(size - real.shape[0], -1, np.int64)])
-    return Batch(tag, ids, att, sc, np.asarray(rows, np.int64)[fill].astype(np.int32),
+    return Batch(tag, ids.astype(np.int32, copy=False), att, sc, np.asarray(rows, np.int64)[fill].astype(np.int32),
                  np.asarray(piece_index, np.int64)[fill].astype(np.int32))

@@ -134,8 +134,10 @@ def forward_cost(scorer: Scorer, rows: int, length: int) -> dict[str, float]:
     n = rows * copies
     ids = jax.ShapeDtypeStruct((n, length), jnp.int32)
     mask = jax.ShapeDtypeStruct((n, length), jnp.bool_)
+    # one device's share of the batch, on one device: parameters as abstract values
+    state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), scorer.state)
     fwd = jax.jit(lambda st, i, m: nnx.merge(graphdef, st)(i, m))
-    c = _cost(fwd.lower(scorer.state, ids, mask).compile())
+    c = _cost(fwd.lower(state, ids, mask).compile())
     return {"flops": c["flops"] * passes, "bytes": c["bytes"] * passes, "passes": passes}
 
 

@@ -302,8 +302,13 @@ class ScoreSummary:
 
 
 def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    c = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
-    return c[offsets[1:]] - c[offsets[:-1]]
+    """Sums of ``values`` over the segments ``[offsets[i], offsets[i+1])`` that tile it (int64)."""
+    out = np.zeros(offsets.shape[0] - 1, np.int64)
+    starts = offsets[:-1]
+    nz = np.diff(offsets) > 0
+    if nz.any():
+        out[nz] = np.add.reduceat(values, starts[nz], dtype=np.int64)
+    return out
 
 
 def _prepare_block(source, lo: int, hi: int, tokenizer, objective: str, window: int | None) -> _Block:
@@ -312,12 +317,20 @@ def _prepare_block(source, lo: int, hi: int, tokenizer, objective: str, window: 
     seq, piece, start = batching.window_pieces(lens, window)
     piece_offsets = np.concatenate([offs[seq] + start, [offs[-1]]]).astype(np.int64)
     tb = batching.tokenize_block(tokenizer, codes, piece_offsets)
-    tgt = tb.scored.copy()
-    if objective == "causal" and tgt.size:
-        starts = tb.offsets[:-1][np.diff(tb.offsets) > 0]
-        tgt[starts] = False
-    n_target = _segment_sum(tgt.astype(np.int64), tb.offsets)
-    nt_target = _segment_sum(np.where(tgt, tb.nucleotides, 0), tb.offsets)
+    # Per piece: scored tokens and the nucleotides they cover. Every nucleotide is covered by
+    # exactly one scored token, so only the few unscored tokens (specials, and the first token of
+    # a causal sequence, which has no prediction) are looked at.
+    tok_lens = np.diff(tb.offsets)
+    unscored = ~tb.scored
+    if objective == "causal" and tb.scored.size:
+        unscored = unscored.copy()
+        unscored[tb.offsets[:-1][tok_lens > 0]] = True
+    u = np.flatnonzero(unscored)
+    nts_u = np.concatenate([[0], np.cumsum(tb.nucleotides[u], dtype=np.int64)])
+    a = np.searchsorted(u, tb.offsets[:-1])
+    b = np.searchsorted(u, tb.offsets[1:])
+    n_target = tok_lens - (b - a)
+    nt_target = np.diff(piece_offsets) - (nts_u[b] - nts_u[a])
     return _Block(lo, hi, lens, seq, piece, tb, n_target, nt_target)
 
 
@@ -473,8 +486,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         writer = ScoreStoreWriter(out_path, mode.name, mode.param_dict, model.objective, provenance=prov,
                                   per_token=per_token, run=run, resume=resume, overwrite=overwrite)
         try:
-            summary = _run(source, scorer, writer, lo + writer.rows, hi, tokenizer, model.objective, mode, policy,
-                           context, window, per_token, block_rows, inflight, prefetch, on_commit)
+            summary = _run(source, scorer, writer, lo + writer.rows, hi, hi - lo, tokenizer, model.objective, mode,
+                           policy, context, window, per_token, block_rows, inflight, prefetch, on_commit)
             summary.out = writer.finalize()
             summary.resumed_rows = writer.resumed_rows
             summary.rows = writer.rows
@@ -493,12 +506,14 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
 _STOP = object()
 
 
-def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, tokenizer, objective: str,
-         mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
+def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, shard_rows: int, tokenizer,
+         objective: str, mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
          block_rows: int, inflight: int, prefetch: int, on_commit) -> ScoreSummary:
     from glmjax.progress import progress
 
-    total_pieces_cap = max(1, stop - start)
+    # batch sizes depend on the shard's size, not on what is left of it, so a resumed run builds
+    # exactly the batches of an uninterrupted one (and writes bit-identical rows)
+    total_pieces_cap = max(1, shard_rows)
     want_tokens = scorer.per_token
     summary = ScoreSummary(out=writer.path, rows=0, resumed_rows=0, tokens=0, seconds=0.0, mode=mode)
     batches: queue.Queue = queue.Queue(maxsize=max(1, prefetch))

@@ -23,7 +23,9 @@ normalises k-mer and BPE scores per nucleotide.
 
 Optional ragged per-token columns (``/ragged/<name>``): ``token_logp``, ``token_mu``,
 ``token_sigma``, ``token_entropy`` (float32) and ``token_rank`` (int32), one value per scored
-token in sequence order.
+token in sequence order. In ``pll-random`` mode a token's values are averages over the random
+masks that covered it (``token_rank`` rounded); tokens no mask covered hold NaN (rank -1) and
+are left out of the row statistics, and ``sum_logp`` is then ``n_tokens * mean_logp``.
 
 File attributes: ``schema``, ``schema_version``, ``committed_rows``, ``complete``,
 ``provenance`` (JSON), ``mode`` (``causal`` | ``pll-exact`` | ``pll-strided`` | ``pll-random``),
