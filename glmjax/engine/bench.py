@@ -164,7 +164,7 @@ def bench_scoring(model, mode: ScoringMode, seq_len: int = 1000, batch_tokens: i
         compiled = scorer.lower(sb.device).compile()
         compile_s = time.perf_counter() - t0
         cost = forward_cost(scorer, sb.batch.ids.shape[0] // nd, sb.length)
-        args = (scorer.state, sb.device["ids"], sb.device["attention_mask"], sb.device["scored"],
+        args = (scorer.leaves, sb.device["ids"], sb.device["attention_mask"], sb.device["scored"],
                 sb.device["rows"], sb.device["pieces"])
         dt = _time(functools.partial(compiled, *args), iters, min_seconds)
         rows = sb.batch.ids.shape[0]
