@@ -13,7 +13,7 @@ from test_logprob_kernels import ref_position, ref_sequence
 import glmjax.models as gm
 from glmjax import alphabet
 from glmjax.data.store import Record, SequenceStoreWriter
-from glmjax.engine import batching, sharding
+from glmjax.engine import batching, runner, sharding
 from glmjax.engine.runner import Scorer, parse_mode, score, target_mask
 from glmjax.engine.scorestore import MINK_PERCENTS, ROW_COLUMNS, ScoreStore, merge_scores
 from glmjax.errors import ConfigError, GlmjaxError, SequenceError, StoreError
@@ -27,9 +27,14 @@ from glmjax.tokenizers import (
 FLOAT_COLS = [c for c, t in ROW_COLUMNS.items() if t in (np.float32, np.float64)]
 
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 @pytest.fixture(autouse=True)
-def _jax_cache(tmp_path_factory, monkeypatch):
+def _fast_compile(tmp_path_factory, monkeypatch):
+    """These tests compile far more than they compute: cheaper CPU code generation."""
     monkeypatch.setenv("GLMJAX_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax-cache"))
+    monkeypatch.setattr(runner, "COMPILER_OPTIONS", FAST_COMPILE)
 
 
 def make_store(path, seqs, ids=None):

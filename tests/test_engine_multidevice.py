@@ -26,6 +26,7 @@ def _env(tmp: Path, devices: int | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["GLMJAX_JAX_CACHE"] = str(tmp / "jax-cache")
     env["GLMJAX_QUIET"] = "1"
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     # cheaper CPU code generation: these runs compile far more than they compute
     flags = [FAST_COMPILE]
     if devices:

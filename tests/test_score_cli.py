@@ -19,10 +19,19 @@ import pytest
 import glmjax.models as gm
 from glmjax.cli import main
 from glmjax.data.store import Record, SequenceStoreWriter
+from glmjax.engine import runner
 from glmjax.engine.scorestore import ROW_COLUMNS, TOKEN_COLUMNS, ScoreStore
 from glmjax.storage import partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fast_compile(tmp_path_factory, monkeypatch):
+    """In-process runs compile far more than they compute: cheaper CPU code generation."""
+    monkeypatch.setenv("GLMJAX_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax-cache"))
+    monkeypatch.setattr(runner, "COMPILER_OPTIONS",
+                        {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +51,7 @@ def _env(tmp: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["GLMJAX_JAX_CACHE"] = str(tmp / "jax-cache")
     env["GLMJAX_QUIET"] = "1"
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["HDF5_USE_FILE_LOCKING"] = "FALSE"
     # cheaper CPU code generation: these runs compile far more than they compute
     env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

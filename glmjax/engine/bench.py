@@ -153,8 +153,9 @@ def bench_scoring(model, mode: ScoringMode, seq_len: int = 1000, batch_tokens: i
     """
     devices = devices or [len(jax.local_devices())]
     dtype = jnp.bfloat16 if getattr(model.config, "dtype", "float32") == "bfloat16" else jnp.float32
-    peak = peak or measure_matmul_peak(dtype=dtype)
-    bandwidth = bandwidth or measure_copy_bandwidth()
+    reps = max(2, min(iters, 10))
+    peak = peak or measure_matmul_peak(dtype=dtype, iters=reps)
+    bandwidth = bandwidth or measure_copy_bandwidth(iters=reps)
     out = []
     for nd in devices:
         mesh = sharding.make_mesh(nd)

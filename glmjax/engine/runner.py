@@ -50,6 +50,11 @@ from glmjax.storage import partial_path
 ROW_STATS = row_stat_names(MINK_PERCENTS)
 DEFAULT_FRACTION = 0.15
 
+# XLA compiler options of the scoring programs (None: XLA's defaults). On CPU,
+# {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} compiles
+# several times faster, for runs that compile more than they compute (tests, tiny inputs).
+COMPILER_OPTIONS: dict[str, Any] | None = None
+
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -182,8 +187,9 @@ class Scorer:
         if mode.name != "causal" and mask_id is None:
             raise ConfigError(f"{model.family}: the tokenizer has no mask token; PLL scoring needs one")
         # copies per pass (hence the compiled program) depend on batch_tokens only in PLL modes
+        opts = None if COMPILER_OPTIONS is None else tuple(sorted(COMPILER_OPTIONS.items()))
         key = (graphdef, treedef, mode, per_token, None if mode.name == "causal" else self.batch_tokens, chunk,
-               mask_id)
+               mask_id, opts)
         self._jit = _JIT_CACHE.get(key)
         if self._jit is None:
             self._jit = _build_jit(graphdef, treedef, mode, per_token, chunk, mask_id,
@@ -246,7 +252,7 @@ def _build_jit(graphdef, treedef, mode: ScoringMode, per_token: bool, chunk: int
         tok = jnp.stack(list(st), axis=-1) if per_token else None
         return row, tok
 
-    return jax.jit(fn)
+    return jax.jit(fn, compiler_options=COMPILER_OPTIONS)
 
 
 def target_mask(scored: np.ndarray, objective: str) -> np.ndarray:
