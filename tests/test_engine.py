@@ -103,6 +103,13 @@ def test_bucket_lengths_and_windows():
     assert batching.padding_policy("masked", "nt", "masked-transformer") == "right"
 
 
+def test_block_bounds():
+    lens = np.array([5, 5, 5, 30, 1, 1, 1, 1])
+    np.testing.assert_array_equal(runner.block_bounds(lens, 3, 12), [0, 2, 3, 4, 7, 8])
+    np.testing.assert_array_equal(runner.block_bounds(lens, 100, 10**9), [0, 8])
+    np.testing.assert_array_equal(runner.block_bounds(lens[:0], 3, 12), [0])
+
+
 def test_parse_mode():
     assert parse_mode("causal").name == "causal"
     assert parse_mode("masked").name == "pll-exact"

@@ -6,7 +6,9 @@ Pipeline (:func:`score`)::
         ──(main: jitted forward + statistics, async dispatch, a few batches in flight)──▶
         per-block results, reordered to input order ──(thread: HDF5 append + commit)──▶ ScoreStore
 
-* Rows are processed in blocks (``block_rows``); a block's rows are written, in input order, once
+* Rows are processed in blocks (at most ``block_rows`` rows and ``block_nucleotides``
+  nucleotides, cut from the whole shard so that a resumed run sees the same blocks); a block's
+  rows are written, in input order, once
   all its batches are back, and each write commits the row counter. A killed run is resumed by
   the same command: rows up to the counter are kept, the rest are scored again (no lost and no
   duplicated rows). Out-of-order buffering is therefore bounded by one or two blocks.
@@ -276,7 +278,7 @@ class _Block:
     lengths: np.ndarray
     seq: np.ndarray            # piece -> row (block-relative)
     piece: np.ndarray          # piece -> window index within its row
-    tokens: batching.TokenBlock
+    tokens: batching.TokenBlock | None
     n_target: np.ndarray       # piece -> scored tokens
     nt_target: np.ndarray      # piece -> nucleotides of the scored tokens
     num_batches: int = 0
@@ -389,6 +391,19 @@ def _finish_block(blk: _Block, ids: np.ndarray, mode: ScoringMode, per_token: bo
     return out, tokens
 
 
+def block_bounds(lengths: np.ndarray, max_rows: int, max_nucleotides: int) -> np.ndarray:
+    """Block boundaries ``[0, ..., len(lengths)]``: consecutive rows, at most ``max_rows`` rows and
+    ``max_nucleotides`` nucleotides per block (a longer single row is a block of its own)."""
+    n = int(lengths.shape[0])
+    bounds = [0]
+    csum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    while bounds[-1] < n:
+        lo = bounds[-1]
+        hi = int(np.searchsorted(csum, csum[lo] + max_nucleotides, side="right")) - 1
+        bounds.append(min(max(hi, lo + 1), lo + max_rows, n))
+    return np.asarray(bounds, np.int64)
+
+
 def check_lengths(source, lo: int, hi: int, tokenizer, context: int | None, window: int | None) -> None:
     """Raise :class:`SequenceError` (before any scoring) if a sequence does not fit the context.
 
@@ -432,7 +447,8 @@ def model_provenance(model, dtype: str | None = None) -> dict[str, Any]:
 
 def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: str | None = None,
           seed: int = 0, batch_tokens: int | None = None, per_token: bool = False, window: int | None = None,
-          block_rows: int = 16384, devices=None, overwrite: bool = False, resume: bool = True,
+          block_rows: int = 16384, block_nucleotides: int = 1 << 23, devices=None, overwrite: bool = False,
+          resume: bool = True,
           process_index: int = 0, process_count: int = 1, inflight: int = 3, prefetch: int = 6,
           chunk: int | None = None, on_commit: Callable[[int], None] | None = None) -> ScoreSummary:
     """Score every sequence of ``input_path`` with ``model`` into a ScoreStore at ``out``.
@@ -448,6 +464,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
       per_token: store per-token statistics too.
       window: score sequences longer than this many nucleotides in windows (see module doc).
       block_rows: rows per block (unit of reordering and of commits).
+      block_nucleotides: nucleotides per block (bounds host memory for long sequences; a
+        single longer sequence makes a block of its own).
       devices: devices of the mesh (default: all local devices), or a count.
       overwrite: replace a finished output file.
       resume: continue a ``.partial`` output left by a killed run of the same command.
@@ -466,8 +484,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
     mode = parse_mode(model.objective, pll, seed)
     if window is not None and window < 1:
         raise ConfigError(f"--window must be a positive number of nucleotides, not {window}")
-    if block_rows < 1:
-        raise ConfigError("block_rows must be positive")
+    if block_rows < 1 or block_nucleotides < 1:
+        raise ConfigError("block_rows and block_nucleotides must be positive")
     out_path = shard_path(out, process_index, process_count)
     if out_path.exists() and not overwrite:
         raise StoreError(f"{out_path} already exists; choose another output or pass --overwrite")
@@ -499,7 +517,9 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
                                   per_token=per_token, run=run, resume=resume, overwrite=overwrite)
         try:
             summary = _run(source, scorer, writer, lo + writer.rows, hi, hi - lo, tokenizer, model.objective, mode,
-                           policy, context, window, per_token, block_rows, inflight, prefetch, on_commit)
+                           policy, context, window, per_token,
+                           block_bounds(source.lengths()[lo:hi], block_rows, block_nucleotides) + lo,
+                           inflight, prefetch, on_commit)
             summary.out = writer.finalize()
             summary.resumed_rows = writer.resumed_rows
             summary.rows = writer.rows
@@ -520,7 +540,7 @@ _STOP = object()
 
 def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, shard_rows: int, tokenizer,
          objective: str, mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
-         block_rows: int, inflight: int, prefetch: int, on_commit) -> ScoreSummary:
+         bounds: np.ndarray, inflight: int, prefetch: int, on_commit) -> ScoreSummary:
     from glmjax.progress import progress
 
     # batch sizes depend on the shard's size, not on what is left of it, so a resumed run builds
@@ -544,8 +564,12 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
 
     def producer() -> None:
         try:
-            for b0 in range(start, stop, block_rows):
-                b1 = min(b0 + block_rows, stop)
+            for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
+                b0, b1 = int(b0), int(b1)
+                if b1 <= start:
+                    continue
+                # a partial file written with other block sizes resumes at its committed row
+                b0 = max(b0, start)
                 blk = _prepare_block(source, b0, b1, tokenizer, objective, window)
                 plan = batching.plan_batches(blk.tokens.lengths, policy, context,
                                              lambda L: scorer.rows_per_batch(L, total_pieces_cap))
@@ -559,6 +583,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
                                           tokenizer.pad_id, blk.seq + b0, blk.piece)
                     if not put(batches, ("batch", _Item(blk, b, scorer.device_batch(b)))):
                         return
+                blk.tokens = None  # the batches hold what is still needed
             put(batches, ("end", None))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             errors.append(e)
