@@ -32,6 +32,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """
     global _initialized
     if not _initialized:
+        if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+            num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+        if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+            process_id = int(os.environ["JAX_PROCESS_ID"])
         if (num_processes is None) != (process_id is None):
             raise ConfigError("give both --num-processes and --process-id (or neither, to detect them)")
         if num_processes is not None and not 0 <= process_id < num_processes:

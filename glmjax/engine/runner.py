@@ -596,9 +596,9 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
                 return
             if errors:
                 continue
-            blk, ids = item
+            blk = item
             try:
-                cols, toks = _finish_block(blk, ids, mode, per_token)
+                cols, toks = _finish_block(blk, source.ids(blk.lo, blk.hi), mode, per_token)
                 writer.add(cols, toks)
                 if on_commit is not None:
                     on_commit(writer.rows)
@@ -614,7 +614,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
         kind, obj, out = pending.popleft()
         if kind == "block":
             blk = obj
-            put(writes, (blk, source.ids(blk.lo, blk.hi)))
+            put(writes, blk)
             bar.advance(blk.hi - blk.lo, tokens=int(blk.n_target.sum()))
             return
         item: _Item = obj
