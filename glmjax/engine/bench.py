@@ -155,7 +155,7 @@ def bench_scoring(model, mode: ScoringMode, seq_len: int = 1000, batch_tokens: i
     dtype = jnp.bfloat16 if getattr(model.config, "dtype", "float32") == "bfloat16" else jnp.float32
     reps = max(2, min(iters, 10))
     peak = peak or measure_matmul_peak(dtype=dtype, iters=reps)
-    bandwidth = bandwidth or measure_copy_bandwidth(iters=reps)
+    bandwidth = bandwidth or measure_copy_bandwidth(iters=5 * reps)
     out = []
     for nd in devices:
         mesh = sharding.make_mesh(nd)
