@@ -13,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "score", help="score every sequence of a store or FASTA with a model (log-likelihood statistics)",
         description="Score every sequence of a SequenceStore (or FASTA) with a model and write a ScoreStore: "
-        "sum/mean log p, per-nucleotide log p, entropy, Min-K%% and Min-K%%++ (5..50%%), mean rank, and "
+        "sum/mean log p, per-nucleotide log p, entropy, Min-K% and Min-K%++ (5..50%), mean rank, and "
         "optionally per-token values. Causal models are scored exactly; masked LMs by pseudo-log-likelihood "
         "(--pll). A killed run resumes when the same command is run again.")
     p.add_argument("--model", required=True, help="model folder (HF snapshot or glmjax checkpoint)")
