@@ -15,9 +15,10 @@ float32 whatever the logits' dtype:
 beyond the tokenizer's vocabulary included), i.e. over the distribution the model defines.
 
 The functions are meant to be called inside the same ``jax.jit`` as the forward pass, so that XLA
-fuses the reductions over the vocabulary with the logits producer and the full-vocabulary
-float32 tensor is never materialised; ``chunk`` additionally bounds the working set for very large
-vocabularies by mapping over blocks of positions.
+fuses the reductions over the vocabulary with the logits producer: no float32 copy of
+half-precision logits and no per-vocabulary intermediate (probabilities, log-probabilities) is
+written to memory, only per-position results; ``chunk`` additionally bounds the working set for
+very large vocabularies by mapping over blocks of positions.
 """
 
 from __future__ import annotations
