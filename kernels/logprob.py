@@ -14,11 +14,11 @@ float32 whatever the logits' dtype:
 ``(logp - mu) / sigma``. The statistics are taken over all ``V`` output rows of the model (rows
 beyond the tokenizer's vocabulary included), i.e. over the distribution the model defines.
 
-The functions are meant to be called inside the same ``jax.jit`` as the forward pass, so that XLA
-fuses the reductions over the vocabulary with the logits producer: no float32 copy of
-half-precision logits and no per-vocabulary intermediate (probabilities, log-probabilities) is
-written to memory, only per-position results; ``chunk`` additionally bounds the working set for
-very large vocabularies by mapping over blocks of positions.
+The functions are meant to be called inside the same ``jax.jit`` as the forward pass: every
+statistic is a reduction over the vocabulary of an elementwise expression of the logits, which
+XLA can fuse with the logits producer, and only per-position results leave the kernel. Where a
+backend still materialises full-vocabulary float32 intermediates (XLA:CPU does), ``chunk`` bounds
+them by mapping over blocks of positions.
 """
 
 from __future__ import annotations
