@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from glmjax.engine import batching, sharding
 from glmjax.engine.inputs import open_input
@@ -190,12 +191,14 @@ class Scorer:
             raise ConfigError(f"{model.family}: the tokenizer has no mask token; PLL scoring needs one")
         # copies per pass (hence the compiled program) depend on batch_tokens only in PLL modes
         opts = None if COMPILER_OPTIONS is None else tuple(sorted(COMPILER_OPTIONS.items()))
+        mesh_key = None if self.num_devices == 1 else (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
         key = (graphdef, treedef, mode, per_token, None if mode.name == "causal" else self.batch_tokens, chunk,
-               mask_id, opts)
+               mask_id, opts, mesh_key)
         self._jit = _JIT_CACHE.get(key)
         if self._jit is None:
             self._jit = _build_jit(graphdef, treedef, mode, per_token, chunk, mask_id,
-                                   functools.partial(copies_per_pass, mode, self.batch_tokens))
+                                   functools.partial(copies_per_pass, mode, self.batch_tokens),
+                                   mesh if self.num_devices > 1 else None)
             if len(_JIT_CACHE) >= 16:
                 _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
             _JIT_CACHE[key] = self._jit
@@ -229,7 +232,12 @@ _JIT_CACHE: dict = {}
 
 
 def _build_jit(graphdef, treedef, mode: ScoringMode, per_token: bool, chunk: int | None, mask_id: int | None,
-               copies_for: Callable[[int], int]):
+               copies_for: Callable[[int], int], mesh=None):
+    """The compiled scoring step. On a mesh of several devices the body runs per device on its
+    slice of the batch (``shard_map``; parameters replicated): scoring is data-parallel with no
+    communication, and XLA's sharding propagation is not relied on — it replicates operations it
+    cannot partition (e.g. the FFT of the Hyena long convolution), which would make every device
+    compute the whole batch."""
     params = mode.param_dict
 
     def fn(leaves, ids, attention_mask, scored, rows, pieces):
@@ -254,7 +262,21 @@ def _build_jit(graphdef, treedef, mode: ScoringMode, per_token: bool, chunk: int
         tok = jnp.stack(list(st), axis=-1) if per_token else None
         return row, tok
 
+    if mesh is not None:
+        data = PartitionSpec(sharding.DATA_AXIS)
+        fn = _shard_map(fn, mesh, in_specs=(PartitionSpec(), data, data, data, data, data),
+                        out_specs=(data, data if per_token else PartitionSpec()))
     return jax.jit(fn, compiler_options=COMPILER_OPTIONS)
+
+
+def _shard_map(fn, mesh, in_specs, out_specs):
+    """``jax.shard_map`` (public since JAX 0.6; older releases: ``jax.experimental.shard_map``)."""
+    sm = getattr(jax, "shard_map", None)
+    if sm is not None:
+        return sm(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
 
 
 def target_mask(scored: np.ndarray, objective: str) -> np.ndarray:
