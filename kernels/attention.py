@@ -61,8 +61,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
             bias = mbias if bias is None else bias + mbias
         if bias is not None:
             # cuDNN requires the bias to span the full [Lq, Lk] logits (batch/head may broadcast).
+            # The head axis is broadcast too: cuDNN's vmap batching rule folds the mapped axis
+            # into batch x heads and mis-reshapes a bias whose head axis is 1 (vmapped ensembles).
             bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
-            bias = jnp.broadcast_to(bias, (*bias.shape[:2], q.shape[1], k.shape[1]))
+            bias = jnp.broadcast_to(bias, (bias.shape[0], q.shape[2], q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=causal,
                                             key_value_seq_lengths=lengths, implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=causal,
