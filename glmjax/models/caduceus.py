@@ -304,7 +304,8 @@ class Caduceus(nnx.Module):
     def hidden_states(self, input_ids: jax.Array) -> jax.Array:
         """Final normed hidden states ``[B, L, d_model]`` (PS: ``[B, L, 2 d_model]``), float32."""
         ids = jnp.asarray(input_ids, jnp.int32)
-        emb = self.embed.embedding[...].astype(F32)
+        # a jax array even when the parameter holds host (numpy) data, e.g. closed over in eval_shape
+        emb = jnp.asarray(self.embed.embedding[...], F32)
         h = emb[ids]
         if self.cfg.rcps:
             comp = jnp.asarray(self.cfg.complement_map, jnp.int32)
