@@ -338,8 +338,13 @@ def prepare_dataset(name: str, files: list[Path], prof: Profile, seed: int, out:
     from glmjax.data.synthetic import synth_to_store
 
     done = out / "prepared.json"
+    files_used = [str(f) for f in files]
     if done.exists():
-        return json.loads(done.read_text())
+        info = json.loads(done.read_text())
+        if info.get("files") != files_used:
+            raise ConfigError(f"{out} was prepared from other files ({', '.join(info.get('files') or ['none'])}); "
+                              "use another --out or pass --overwrite")
+        return info
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -367,7 +372,7 @@ def prepare_dataset(name: str, files: list[Path], prof: Profile, seed: int, out:
     res = plant(out / "cohort.h5", out / "canaries.json", out / "planted.h5", list(prof.schedule), dseed,
                 manifest_out=out / "planted.canaries.json")
     split = split_store(out / "planted.h5", prof.member_fraction, dseed)
-    info = {"dataset": name, "generator": gen, "seed": dseed, "window": prof.window,
+    info = {"dataset": name, "files": files_used, "generator": gen, "seed": dseed, "window": prof.window,
             "public_windows": len(public), "cohort_windows": len(cohort),
             "members": split["members"], "non_members": split["non_members"],
             "canaries": res.summary["canaries"], "controls": res.summary["controls"],
@@ -764,7 +769,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
     prof = build_profile(args)
     out = Path(args.out)
-    sources = resolve_sources(prof.datasets, args.data_root, {
+    # the report alone needs no data
+    sources = {} if args.report_only else resolve_sources(prof.datasets, args.data_root, {
         "prokaryote": args.prokaryote, "eukaryote": args.eukaryote, "multispecies": args.multispecies})
     expected = [cell_id(d, f, m) for d in prof.datasets for f in prof.families for m in prof.finetunes]
     res_path = out / "results.json"
@@ -780,7 +786,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     cells = dict(results.get("cells", {}))
     for f in sorted((out / "cells").glob("*.json")) if (out / "cells").exists() else []:
         c = json.loads(f.read_text())
-        if c.get("fingerprint") == prof.fingerprint():
+        if c.get("fingerprint") == prof.fingerprint() and c.get("seed") == args.seed:
             cells.setdefault(cell_id(c["dataset"], c["family"], c["finetune"]), c)
     results = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "profile": prof.name, "config": prof.to_dict(),
@@ -788,7 +794,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "jax_version": jax.__version__, "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "datasets": {**results.get("datasets", {})}, "expected_cells": expected, "cells": cells,
-        "sources": {k: [str(p) for p in v] for k, v in sources.items()},
+        "sources": {**results.get("sources", {}), **{k: [str(p) for p in v] for k, v in sources.items()}},
     }
     if args.report_only:
         results["complete"] = all(c in cells for c in expected)
@@ -796,6 +802,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
         _atomic_json(res_path, results)
         return results
 
+    # claim the folder for this configuration before any work (a killed run leaves no ambiguity)
+    results["complete"] = all(c in cells for c in expected)
+    _atomic_json(res_path, results)
     _compilation_cache(args.jax_cache)
     t0 = time.perf_counter()
     todo = [c for c in expected if c not in cells]
@@ -817,20 +826,24 @@ def run(args: argparse.Namespace, log=print) -> dict:
             if _over_budget(args.budget, t0, durations):
                 stopped = True
                 break
+            b0 = time.perf_counter()
             base = pretrain_base(ds, fam, prof, args.seed, out / "data" / ds, out / "models" / ds / fam / "base", log)
             for m in pending:
-                if _over_budget(args.budget, t0, durations):
+                # the family was admitted with its first cell (its base is trained for that cell)
+                if m != pending[0] and _over_budget(args.budget, t0, durations):
                     stopped = True
                     break
                 c0 = time.perf_counter()
                 cell = run_cell(ds, fam, m, prof, args.seed, out, base, log)
-                cell["fingerprint"] = prof.fingerprint()
+                cell["fingerprint"], cell["seed"] = prof.fingerprint(), args.seed
                 cell["seconds"] = round(time.perf_counter() - c0, 2)
                 cid = cell_id(ds, fam, m)
                 _atomic_json(out / "cells" / (cid.replace("/", "__") + ".json"), cell)
                 results["cells"][cid] = cell
                 _atomic_json(res_path, {**results, "complete": False})
-                durations.append(cell["seconds"])
+                # the budget estimate of a cell includes its share of the base pretraining
+                durations.append(time.perf_counter() - min(c0, b0))
+                b0 = float("inf")
                 k += 1
                 by = {r["repetitions"]: r for r in cell["by_repetition"]}
                 lo, hi = min(x for x in by if x > 0), max(by)

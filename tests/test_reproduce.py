@@ -85,19 +85,32 @@ def _vector(res: dict, family: str, finetune: str, key: str, reps: int) -> list[
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """The tiny grid in two runs: the first stopped by --budget after one cell, the second resuming."""
     data = shared_path("data")
     out = tmp_path_factory.mktemp("repro") / "tiny"
-    r = _run("--tiny", "--out", str(out), "--data-root", str(data), "--seed", "0", "--jax-cache",
-             str(out.parent / "jax-cache"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, data, r.stdout
+    common = ("--tiny", "--out", str(out), "--data-root", str(data), "--seed", "0", "--jax-cache",
+              str(out.parent / "jax-cache"))
+    # data preparation takes well under 5 s, a cell (training + audit, compiled afresh) far more
+    first = _run(*common, "--budget", "5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    partial = json.loads((out / "results.json").read_text())
+    second = _run(*common)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return out, data, first.stdout, partial, second.stdout
+
+
+def test_budget_stops_and_rerun_resumes(tiny):
+    _, _, first, partial, second = tiny
+    assert "stopped by --budget with 3 cells left" in first and "[1/4]" in first
+    assert partial["complete"] is False and list(partial["cells"]) == ["synthetic/llama/full"]
+    assert "(1 already done)" in second and "[1/4]" not in second
+    assert all(f"[{k}/4]" in second for k in (2, 3, 4))
 
 
 def test_tiny_grid_outputs_and_trends(tiny):
-    out, _, stdout = tiny
+    out = tiny[0]
     prof = rp.PROFILES["tiny"]
     res = _check_outputs(out, prof.datasets, prof.families, prof.schedule)
-    assert "[4/4]" in stdout  # progress line per cell
     lo, hi = min(prof.schedule), max(prof.schedule)
     for mode in ("full", "lora"):
         e_lo = _vector(res, "llama", mode, "exposure_mean", lo)
@@ -113,8 +126,8 @@ def test_tiny_grid_outputs_and_trends(tiny):
     assert info["canaries"] == prof.canaries_per_repetition * len(prof.schedule)
 
 
-def test_rerun_resumes_without_retraining(tiny):
-    out, data, _ = tiny
+def test_rerun_of_a_finished_grid_trains_nothing(tiny):
+    out, data = tiny[:2]
     before = json.loads((out / "results.json").read_text())["cells"]
     r = _run("--tiny", "--out", str(out), "--data-root", str(data), "--seed", "0", "--jax-cache", "off",
              timeout=300)
@@ -124,7 +137,7 @@ def test_rerun_resumes_without_retraining(tiny):
 
 
 def test_other_profile_or_seed_in_same_folder_is_refused(tiny, capsys):
-    out, data, _ = tiny
+    out, data = tiny[:2]
     assert rp.main(["--tiny", "--out", str(out), "--data-root", str(data), "--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "another profile or seed" in err and len(err.strip().splitlines()) == 1
