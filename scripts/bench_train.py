@@ -19,7 +19,9 @@ Measured (all with a fresh compilation: the persistent compilation cache is swit
    train-shadows --mode sequential`` runs: a compilation, checkpoints and an exported model per
    model) and (b) with :func:`glmjax.train.shadows.train_shadows_vmapped` (one compilation, M
    models per step) followed by saving the M models. Compile time is the XLA compile + lowering
-   time reported by ``jax.monitoring``; ``run_s`` is the rest of the wall time. A step-level
+   time reported by ``jax.monitoring``; ``run_s`` is the rest of the wall time. The sequential
+   runs stop after ``--ensemble-seq-budget`` seconds and their time is extrapolated to M models
+   (flagged ``extrapolated``; every run is identical in shape and step count). A step-level
    comparison (one compiled step applied to the M parameter sets in turn vs the vmapped step,
    no I/O) isolates the device-side gain.
 
@@ -33,7 +35,8 @@ Usage (from a checkout; glmjax need not be installed)::
     python scripts/bench_train.py --skip-peer --ensemble-models 8
     python scripts/bench_train.py --smoke          # one-layer shapes on CPU, XLA's cheapest passes; seconds
 
-Prints one JSON object (also written to ``--out`` if given).
+Prints one JSON object. With ``--out`` the JSON is also written there after every section
+(``"finished": false`` until the end), so a run cut off by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -246,8 +249,14 @@ def torch_llama_peer(cfg: Any, batch: int, seq_tokens: int, steps: int, warmup: 
 # 3. the shadow ensemble: sequential Trainer runs vs the vmapped ensemble
 # ------------------------------------------------------------------------------------------------
 def ensemble_benchmark(cfg: Any, m_count: int, pool_rows: int, nucleotides: int, tc: TrainConfig,
-                       clock: CompileClock, workdir: Path) -> dict[str, Any]:
-    """M models on random halves of one pool: Trainer one after another vs train_shadows_vmapped."""
+                       clock: CompileClock, workdir: Path, seq_budget: float = 0.0) -> dict[str, Any]:
+    """M models on random halves of one pool: Trainer one after another vs train_shadows_vmapped.
+
+    ``seq_budget`` (seconds, 0 = none): stop the sequential runs once the next one would pass it
+    and extrapolate the sequential time to M models (the first model's time, which carries the
+    one-off compilations of the optimizer's eager ops, plus M - 1 times the mean of the others);
+    ``sequential.models_measured`` and ``sequential.extrapolated`` say so.
+    """
     from glmjax.train.shadows import inclusion_matrix, shadow_seed, train_shadows_vmapped
     from glmjax.train.trainer import Trainer, steps_per_epoch
 
@@ -266,17 +275,32 @@ def ensemble_benchmark(cfg: Any, m_count: int, pool_rows: int, nucleotides: int,
         tokens += int(order_tokens.mean() * tc.batch_size * spe * tc.epochs)
 
     # (a) sequential: one Trainer after another (as train_shadows mode="sequential")
-    t0 = time.perf_counter()
-    with clock:
-        for m in range(m_count):
+    wall, comp, count = [], [], 0
+    for m in range(m_count):
+        if seq_budget and wall and sum(wall) + max(wall) > seq_budget:
+            break
+        t0 = time.perf_counter()
+        with clock:
             lm = factory(shadow_seed(tc.seed, m))
             sub = TokenizedSet(pool.ids[subsets[m]], pool.attention[subsets[m]], pool.scored[subsets[m]],
                                pool.rows[subsets[m]])
             Trainer(lm, dataclasses.replace(tc, seed=shadow_seed(tc.seed, m), patience=0),
                     workdir / f"seq_{m:03d}").fit(sub)
-    seq_total = time.perf_counter() - t0
-    seq = {"total_s": round(seq_total, 3), "compile_s": round(clock.seconds, 3), "compilations": clock.count,
-           "run_s": round(seq_total - clock.seconds, 3)}
+        wall.append(time.perf_counter() - t0)
+        comp.append(clock.seconds)
+        count += clock.count
+        _log(f"  sequential model {m + 1}/{m_count}: {wall[-1]:.1f} s (compile {comp[-1]:.1f} s)")
+
+    def scaled(x: list[float]) -> float:
+        if len(x) == m_count:
+            return float(sum(x))
+        return float(x[0] + (m_count - 1) * (np.mean(x[1:]) if len(x) > 1 else x[0]))
+
+    seq_total, seq_compile = scaled(wall), scaled(comp)
+    seq = {"total_s": round(seq_total, 3), "compile_s": round(seq_compile, 3), "compilations": count,
+           "run_s": round(seq_total - seq_compile, 3), "models_measured": len(wall),
+           "extrapolated": len(wall) < m_count, "per_model_s": [round(x, 3) for x in wall],
+           "per_model_compile_s": [round(x, 3) for x in comp]}
 
     # (b) vmapped: one compiled step for the M models, then the M models saved
     t0 = time.perf_counter()
@@ -413,12 +437,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          dataclasses.replace(HyenaConfig.preset("small-32k"), dtype=dtype), args.batch,
                          args.hyena_tokens))
     result["models"] = {}
+    _save(result, args.out)
     for name, family, cfg, batch, nts in subjects:
         # a causal char tokenizer adds one token: nts + 1 <= context
         entry = step_benchmark(name, family, cfg, batch, nts - 1, args.steps, args.warmup, clock)
         if "tflops" in entry:
             entry["fraction_of_matmul_peak"] = entry["tflops"] / peak
         result["models"][name] = entry
+        _save(result, args.out)
         _log(f"{name}: {entry['tokens_per_s']:,.0f} tokens/s (compile {entry['compile_s']:.1f} s)")
 
     if not args.skip_peer:
@@ -429,6 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             peer["tflops"] = big["flops_per_token"] * peer["tokens_per_s"] / 1e12
         result["peer"] = {"llama-100m": peer}
         big["ratio_vs_peer"] = big["tokens_per_s"] / peer["tokens_per_s"]
+        _save(result, args.out)
         _log(f"peer llama-100m: {peer['tokens_per_s']:,.0f} tokens/s; glmjax / peer = {big['ratio_vs_peer']:.2f}")
 
     if not args.skip_ensemble:
@@ -438,10 +465,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          lr=1e-3, warmup_steps=2 if args.smoke else 10, log_every=10 ** 6, checkpoint_every=10 ** 9)
         with tempfile.TemporaryDirectory(prefix="glmjax-bench-train-") as tmp:
             ens = ensemble_benchmark(ecfg, m, 32 if args.smoke else args.ensemble_pool,
-                                     31 if args.smoke else args.ensemble_tokens - 1, tc, clock, Path(tmp))
+                                     31 if args.smoke else args.ensemble_tokens - 1, tc, clock, Path(tmp),
+                                     seq_budget=0.0 if args.smoke else args.ensemble_seq_budget)
+        result["ensemble"] = ens
+        _save(result, args.out)
         ens["step_level"] = ensemble_step_benchmark(ecfg, m, tc.batch_size, 31 if args.smoke else
                                                     args.ensemble_tokens - 1, 3 if args.smoke else args.steps, clock)
-        result["ensemble"] = ens
         _log(f"ensemble of {m}: vmapped {ens['speedup_total']:.2f}x faster end to end, "
              f"{ens['speedup_excluding_compile']:.2f}x without compilation, "
              f"{ens['step_level']['speedup']:.2f}x per step")
@@ -458,6 +487,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                   "ensemble_vmapped_vs_sequential_excluding_compile": e["speedup_excluding_compile"],
                                   "ensemble_vmapped_vs_sequential_step": e["step_level"]["speedup"]})
     return result
+
+
+def _save(result: dict[str, Any], out: str | None) -> None:
+    """Write what is measured so far (atomically): a run cut off by a time limit keeps it."""
+    if not out:
+        return
+    tmp = Path(out).with_name(Path(out).name + ".partial")
+    tmp.write_text(json.dumps({**result, "finished": False}, indent=1, default=float) + "\n")
+    os.replace(tmp, out)
 
 
 def _cfg_of(subjects: list, name: str) -> Any:
@@ -492,6 +530,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble-pool", type=int, default=1024, help="pool rows (each model trains on half)")
     p.add_argument("--ensemble-tokens", type=int, default=256, help="tokens per pool sequence")
     p.add_argument("--ensemble-epochs", type=int, default=3)
+    p.add_argument("--ensemble-seq-budget", type=float, default=240.0,
+                   help="seconds for the sequential Trainer runs; beyond it the sequential time is "
+                        "extrapolated to M models from those measured (0: train all M)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     if args.steps is None:
@@ -503,6 +544,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    if args.ensemble_seq_budget < 0:
+        p.error("--ensemble-seq-budget must be >= 0")
     return args
 
 
@@ -510,8 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run and print the JSON result."""
     args = parse_args(argv)
     result = run(args)
+    result["finished"] = True
     text = json.dumps(result, indent=1, default=float)
     if args.out:
+        _save(result, args.out)
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0

@@ -18,7 +18,7 @@ def test_smoke_reports_every_measurement(tmp_path):
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout)
-    assert res == json.loads(out.read_text())
+    assert res == json.loads(out.read_text()) and res["finished"] is True
     for key in ("device", "backend", "jax_version", "dtype", "matmul_peak_tflops", "models", "peer", "ensemble",
                 "tokens_per_s", "speedup"):
         assert key in res, key
@@ -42,6 +42,8 @@ def test_smoke_reports_every_measurement(tmp_path):
     assert math.isclose(big["ratio_vs_peer"], big["tokens_per_s"] / peer["tokens_per_s"], rel_tol=1e-9)
     ens = res["ensemble"]
     seq, vm = ens["sequential"], ens["vmapped"]
+    assert seq["models_measured"] == ens["models"] == len(seq["per_model_s"]) and not seq["extrapolated"]
+    assert math.isclose(seq["total_s"], sum(seq["per_model_s"]), abs_tol=1e-2)
     # every sequential Trainer compiles its own step; the vmapped ensemble compiles one for all
     assert seq["compilations"] >= ens["models"] and vm["compilations"] >= 1
     for d in (seq, vm):
