@@ -51,8 +51,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
         bias = bias.astype(q.dtype)
     if impl == "cudnn":
         lengths = None
+        q_lengths = None
         if key_lengths is not None:
             lengths = key_lengths.astype(jnp.int32)
+            # every query is computed (as on the XLA path). Derived from the key lengths so that
+            # under vmap it is batched like them: jax.nn fills an unbatched [B] array otherwise,
+            # which cuDNN's batching rule cannot fold into the mapped batch.
+            q_lengths = lengths * 0 + q.shape[1]
         elif mask is not None:
             # cuDNN takes the padding mask as per-sequence lengths only for right padding; a
             # general boolean mask is folded into the bias instead.
@@ -66,6 +71,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
             bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
             bias = jnp.broadcast_to(bias, (bias.shape[0], q.shape[2], q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, is_causal=causal,
-                                            key_value_seq_lengths=lengths, implementation=impl)
+                                            query_seq_lengths=q_lengths, key_value_seq_lengths=lengths,
+                                            implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=causal,
                                         implementation=impl)

@@ -7,6 +7,11 @@ dtype, ``torch.inference_mode``). Both hold the same randomly initialised weight
 built from its config with a fixed seed (no network) and its ``state_dict`` goes through glmjax's
 own checkpoint converter, so the per-token log p of the two can be compared too.
 
+Each side is timed twice: per batch with a synchronisation after each call (the median of
+``--iters``; ``tokens_per_s``), and back to back with one synchronisation at the end
+(``pipelined_tokens_per_s``: batches in flight, as a scoring loop runs them, so host dispatch
+overlaps device work).
+
 The same run measures the bf16 matmul peak (an 8192^3 matmul in JAX and in torch) and reports
 achieved TFLOP/s and the fraction of that peak. FLOPs per token = 2 x matmul parameters (all
 linear layers and the LM head) + attention (4 x L x heads x head_dim per layer), from the config.
@@ -16,6 +21,10 @@ Usage::
     python scripts/bench_forward.py                                   # GPU: NT v1-500m, 1000 tokens x 64
     python scripts/bench_forward.py --family nt --shape v1-500m --seq-tokens 1000 --batch 64 --dtype bf16
     python scripts/bench_forward.py --smoke                           # tiny model on CPU (seconds)
+
+``--profile`` adds a per-kernel breakdown of one batch on the device for both sides (JAX's
+profiler trace and ``torch.profiler``): the kernels that take the time, grouped by name, so a gap
+to the peer can be traced to GEMMs, attention or element-wise fusions.
 
 Prints one JSON object (also written to ``--out`` if given). Families with a peer: ``nt`` (v1
 shapes: stock ``EsmForMaskedLM``). Add one by writing a :class:`FamilyBench` entry in ``FAMILIES``.
@@ -165,6 +174,19 @@ def timed(fn, sync, iters: int, warmup: int) -> list[float]:
     return times
 
 
+def pipelined(fn, sync, iters: int, warmup: int) -> float:
+    """Seconds per call of ``iters`` back-to-back calls of ``fn`` synchronised once at the end
+    (batches in flight, as a scoring loop runs them), after ``warmup`` calls."""
+    for _ in range(warmup):
+        sync(fn())
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(iters):
+        out = fn()
+    sync(out)
+    return (time.perf_counter() - t0) / iters
+
+
 def torch_sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -187,6 +209,78 @@ def torch_matmul_peak(n: int, dtype, iters: int, device: torch.device) -> float:
     b = torch.randn(n, n, device=device, generator=g).to(dtype)
     times = timed(lambda: a @ b, lambda _: torch_sync(device), iters, 3)
     return 2.0 * n ** 3 / min(times)
+
+
+def _kernel_class(name: str) -> str:
+    """A coarse class of a GPU kernel name: gemm, attention, reduction/elementwise, copy, other."""
+    low = name.lower()
+    if any(t in low for t in ("flash", "fmha", "sdpa", "attention")):
+        return "attention"
+    if any(t in low for t in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul", "wgmma")):
+        return "gemm"
+    if any(t in low for t in ("memcpy", "memset", "copy")):
+        return "copy"
+    if any(t in low for t in ("fusion", "reduce", "elementwise", "loop_", "input_", "vectorized", "softmax",
+                              "layer_norm", "norm", "gelu", "add", "mul")):
+        return "elementwise/reduction"
+    return "other"
+
+
+def summarize_kernels(durations: dict[str, list[float]], batches: int, top: int = 25) -> dict:
+    """Per-kernel-name totals (ms per batch), the top ``top`` and the totals by class."""
+    rows = sorted(((name, sum(d) / batches / 1e3, len(d) // batches) for name, d in durations.items()),
+                  key=lambda r: -r[1])
+    by_class: dict[str, float] = {}
+    for name, ms, _ in rows:
+        by_class[_kernel_class(name)] = by_class.get(_kernel_class(name), 0.0) + ms
+    return {"device_ms_per_batch": round(sum(r[1] for r in rows), 3),
+            "by_class_ms": {k: round(v, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": n[:160], "ms": round(ms, 3), "calls": c} for n, ms, c in rows[:top]]}
+
+
+def profile_jax(fn, batches: int) -> dict:
+    """GPU kernel time of ``batches`` calls of ``fn`` from a JAX profiler trace (perfetto JSON)."""
+    import gzip
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="glmjax-profile-") as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(batches):
+                fn().block_until_ready()
+        traces = sorted(Path(tmp).rglob("perfetto_trace.json.gz"))
+        if not traces:
+            return {"error": "the JAX profiler wrote no perfetto trace"}
+        events = json.load(gzip.open(traces[-1]))["traceEvents"]
+    procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    durations: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("ph") != "X" or "/device:" not in procs.get(e.get("pid"), ""):
+            continue
+        thread = threads.get((e["pid"], e.get("tid")), "")
+        if not thread.lower().startswith("stream"):  # "XLA Ops"/"XLA Modules" lines repeat the kernels
+            continue
+        durations.setdefault(e["name"], []).append(float(e.get("dur", 0.0)))
+    if not durations:
+        return {"error": "no device kernel events in the trace",
+                "processes": sorted(set(procs.values()))[:20], "threads": sorted(set(threads.values()))[:40]}
+    return summarize_kernels(durations, batches)
+
+
+def profile_torch(fn, batches: int, device: torch.device) -> dict:
+    """GPU kernel time of ``batches`` calls of ``fn`` from ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(batches):
+            fn()
+        torch_sync(device)
+    durations: dict[str, list[float]] = {}
+    for e in prof.events():
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            durations.setdefault(e.name, []).append(float(e.time_range.elapsed_us()))
+    return summarize_kernels(durations, batches)
 
 
 def make_jax_scorer(graphdef):
@@ -223,6 +317,7 @@ def run(args) -> dict:
         compiled = score.lower(s.state, ids, mask).compile()
         compile_s = time.perf_counter() - t0
     ours_times = timed(lambda: compiled(s.state, ids, mask), lambda y: y.block_until_ready(), args.iters, args.warmup)
+    ours_pipe = pipelined(lambda: compiled(s.state, ids, mask), lambda y: y.block_until_ready(), args.iters, 1)
     ours_logp = np.asarray(compiled(s.state, ids, mask))
 
     # peer
@@ -235,7 +330,13 @@ def run(args) -> dict:
             return logp.gather(-1, tids[..., None])[..., 0] * tmask
 
     peer_times = timed(peer_score, lambda _: torch_sync(device), args.iters, args.warmup)
+    peer_pipe = pipelined(peer_score, lambda _: torch_sync(device), args.iters, 1)
     peer_logp = peer_score().cpu().numpy()
+    profiles = None
+    if args.profile:
+        profiles = {"glmjax": profile_jax(lambda: compiled(s.state, ids, mask), 2),
+                    "torch": profile_torch(peer_score, 2, device) if device.type == "cuda" else
+                    {"error": "torch.profiler records CUDA kernels only"}}
     del s.peer_logits
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -265,14 +366,19 @@ def run(args) -> dict:
         "matmul_peak_flops": {"n": n, "jax": jax_peak, "torch": torch_peak},
         "glmjax": {"median_s": ours_med, "min_s": min(ours_times), "tokens_per_s": ours_tps,
                    "tflops": fpt * ours_tps / 1e12, "fraction_of_peak": fpt * ours_tps / jax_peak,
-                   "compile_s": compile_s},
+                   "compile_s": compile_s, "pipelined_s": ours_pipe, "pipelined_tokens_per_s": tokens / ours_pipe},
         "torch": {"median_s": peer_med, "min_s": min(peer_times), "tokens_per_s": peer_tps,
-                  "tflops": fpt * peer_tps / 1e12, "fraction_of_peak": fpt * peer_tps / torch_peak},
+                  "tflops": fpt * peer_tps / 1e12, "fraction_of_peak": fpt * peer_tps / torch_peak,
+                  "pipelined_s": peer_pipe, "pipelined_tokens_per_s": tokens / peer_pipe},
         "speedup_vs_torch": ours_tps / peer_tps,
+        "speedup_vs_torch_pipelined": peer_pipe / ours_pipe,
         "max_abs_logp_diff_vs_torch": float(np.abs(ours_logp - peer_logp).max()),
         "mean_logp": {"glmjax": float(ours_logp[s.mask].mean()), "torch": float(peer_logp[s.mask].mean())},
         "iters": args.iters, "warmup": args.warmup,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+    if profiles is not None:
+        report["profile"] = profiles
     return report
 
 
@@ -290,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peak-n", type=int, default=None, help="matmul size of the peak probe (default 8192)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU, a few iterations")
+    ap.add_argument("--profile", action="store_true", help="add a per-kernel device-time breakdown (GPU)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.smoke:

@@ -34,6 +34,7 @@ def _qkv(seed, b=3, n=11, h=4, d=8, dtype=np.float32):
     return tuple(jnp.asarray(rng.normal(size=(b, n, h, d)), dtype) for _ in range(3))
 
 
+@jax.default_matmul_precision("highest")  # GPUs would use TF32 for float32 matmuls otherwise
 def test_xla_matches_reference_with_padding_bias_and_causal():
     q, k, v = _qkv(0)
     lengths = np.array([11, 6, 1])
@@ -56,6 +57,7 @@ def test_xla_matches_reference_with_padding_bias_and_causal():
                 np.testing.assert_allclose(np.asarray(got)[ok], want[ok], rtol=2e-5, atol=2e-5)
 
 
+@jax.default_matmul_precision("highest")
 def test_key_lengths_equal_prefix_mask_on_xla():
     q, k, v = _qkv(1)
     lengths = jnp.asarray([11, 4, 7], jnp.int32)
@@ -83,7 +85,29 @@ def test_cudnn_equals_xla_on_gpu():
     pos = jnp.arange(128)
     alibi = (-0.1 * jnp.abs(pos[:, None] - pos[None, :]))[None, None].astype(jnp.float32)
     for kw in ({"key_mask": mask}, {"key_mask": mask, "key_lengths": lengths}, {"bias": alibi},
-               {"key_mask": mask, "bias": alibi}, {"causal": True}):
+               {"key_mask": mask, "bias": alibi}, {"causal": True}, {"key_lengths": lengths, "causal": True}):
         x = np.asarray(attention(q, k, v, implementation="xla", **kw), np.float32)
         c = np.asarray(attention(q, k, v, implementation="cudnn", **kw), np.float32)
         assert np.abs(c - x).max() / np.abs(x).max() < 2e-2, kw
+
+
+def test_vmapped_attention_equals_each_model():
+    """An ensemble (vmap over a leading model axis) with key lengths, masks and biases gives each
+    model's own attention (on GPU this goes through cuDNN's batching rule)."""
+    dtype = jnp.bfloat16 if jax.default_backend() == "gpu" else jnp.float32
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    qkv = [_qkv(10 + m, b=2, n=64, h=2, d=32, dtype=dtype) for m in range(3)]
+    q, k, v = (jnp.stack([x[i] for x in qkv]) for i in range(3))
+    lengths = jnp.asarray([[64, 20], [33, 64], [1, 50]], jnp.int32)
+    mask = jnp.arange(64)[None, None] < lengths[..., None]
+    pos = jnp.arange(64)
+    alibi = (-0.1 * jnp.abs(pos[:, None] - pos[None, :]))[None, None].astype(jnp.float32)
+    cases = {"lengths": lambda q, k, v, n, m: attention(q, k, v, key_lengths=n),
+             "lengths+causal": lambda q, k, v, n, m: attention(q, k, v, key_lengths=n, causal=True),
+             "mask": lambda q, k, v, n, m: attention(q, k, v, key_mask=m),
+             "mask+bias": lambda q, k, v, n, m: attention(q, k, v, key_mask=m, bias=alibi)}
+    for name, f in cases.items():
+        got = np.asarray(jax.jit(jax.vmap(f))(q, k, v, lengths, mask), np.float32)
+        for m in range(3):
+            want = np.asarray(jax.jit(f)(q[m], k[m], v[m], lengths[m], mask[m]), np.float32)
+            assert np.abs(got[m] - want).max() <= tol * np.abs(want).max(), (name, m)

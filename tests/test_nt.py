@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import rel_err
@@ -350,3 +351,15 @@ def test_lora_on_default_targets():
     assert merge_lora(model.module) == len(adapted)
     model.invalidate()
     np.testing.assert_allclose(np.asarray(model.logits(ids, att.astype(bool))), lora_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_gelu_erf_matches_float64_exact_gelu():
+    from math import erf as _erf
+
+    from glmjax.models.layers import gelu_erf
+
+    x = np.linspace(-10, 10, 20001, dtype=np.float32)
+    want = np.array([v * 0.5 * (1 + _erf(v / np.sqrt(2.0))) for v in x.astype(np.float64)])
+    got = np.asarray(gelu_erf(jnp.asarray(x)), np.float64)
+    assert np.abs(got - want).max() <= 3e-7 * max(1.0, np.abs(x).max())
+    assert np.abs(got - want)[np.abs(x) <= 1].max() <= 3e-7

@@ -42,6 +42,7 @@ from glmjax.kernels.alibi import alibi_bias
 from glmjax.kernels.attention import attention
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
 from glmjax.models.checkpoints import TensorSource
+from glmjax.models.layers import gelu_erf
 from glmjax.tokenizers import BPETokenizer
 
 PACKAGED_TOKENIZER = "dnabert2_tokenizer.json"
@@ -197,7 +198,7 @@ class GeGLU(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         gu = self.gated_layers(x)
         g, u = gu[..., : self.intermediate_size], gu[..., self.intermediate_size:]
-        return self.norm(self.wo(jax.nn.gelu(g, approximate=False) * u) + x)
+        return self.norm(self.wo(gelu_erf(g) * u) + x)
 
 
 class Layer(nnx.Module):
@@ -220,7 +221,7 @@ class MLMHead(nnx.Module):
         self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
 
     def __call__(self, h: jax.Array, embedding: jax.Array) -> jax.Array:
-        h = self.norm(jax.nn.gelu(self.transform(h), approximate=False))
+        h = self.norm(gelu_erf(self.transform(h)))
         logits = jnp.einsum("bld,vd->blv", h, embedding.astype(h.dtype), preferred_element_type=jnp.float32)
         return logits + self.decoder_bias[...]
 

@@ -6,6 +6,7 @@ Parameter names follow HF ``GPT2LMHeadModel`` without the ``transformer.`` prefi
 (``h.0.attn.c_attn.kernel``); HF's ``Conv1D`` weights are already ``[in, out]``, like NNX kernels.
 
 Tokenizer: :func:`glmjax.tokenizers.causal_char_tokenizer` (``[BOS]`` first, right padding).
+``attention_mask`` must mark a prefix of each row (cuDNN attention masks by sequence length).
 
 >>> cfg = GPT2Config.preset("small")                      # ~15M parameters, vocab 16
 >>> model = glmjax.models.build("gpt2", cfg, seed=0)
@@ -161,7 +162,9 @@ class GPT2Attention(nnx.Module):
         """x [B, L, d], key_mask bool [B, L] | None -> (y [B, L, d], k, v)."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x)
-        o = attention(q, k, v, key_mask=key_mask, causal=True, scale=self.scale)
+        # right padding: the mask is a prefix, so cuDNN masks by length (no [B, H, L, L] bias)
+        lengths = None if key_mask is None else key_mask.sum(-1).astype(jnp.int32)
+        o = attention(q, k, v, causal=True, scale=self.scale, key_lengths=lengths)
         return self.c_proj(o.reshape(b, t, -1)), k, v
 
     def step(self, x, k_cache, v_cache, pos):

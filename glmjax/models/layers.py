@@ -23,11 +23,23 @@ from flax import nnx
 
 from glmjax.errors import ConfigError
 
+
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU as the PyTorch references write it: ``x / 2 * (1 + erf(x / sqrt(2)))``.
+
+    ``jax.nn.gelu(approximate=False)`` evaluates ``x / 2 * erfc(-x / sqrt(2))``, whose erfc
+    expansion (two rational branches, an exp and divisions per element) makes the FFN activation
+    compute-bound on GPUs: ~4x the time of this form for an NT-500M FFN in bf16 on an H200. The two
+    agree to a few float32 roundings (|difference| < 3e-7 max(|x|, 1)).
+    """
+    return x * 0.5 * (1.0 + jax.lax.erf(x * np.asarray(1.0 / math.sqrt(2.0), x.dtype)))
+
+
 # HF ``ACT2FN`` names -> functions (the subset used by Llama/GPT-2-style checkpoints).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu_erf,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),

@@ -8,7 +8,8 @@ config), SwiGLU MLP (``down(act(gate(x)) * up(x))``), grouped-query attention
 kernels are stored ``[in, out]`` (HF ``nn.Linear`` weights are transposed on load).
 
 Tokenizer: :func:`glmjax.tokenizers.causal_char_tokenizer` (``[BOS]`` first, right padding).
-With right padding and the causal mask, real positions never see pads.
+With right padding and the causal mask, real positions never see pads; ``attention_mask`` must mark
+a prefix of each row (cuDNN attention masks by sequence length).
 
 >>> cfg = LlamaConfig.preset("small")                     # ~14M parameters, vocab 16
 >>> model = glmjax.models.build("llama", cfg, seed=0)
@@ -200,7 +201,9 @@ class LlamaAttention(nnx.Module):
         """x [B, L, d], cos/sin [B, L, D], key_mask bool [B, L] | None -> (y [B, L, d], k, v)."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
-        o = attention(q, k, v, key_mask=key_mask, causal=True)
+        # right padding: the mask is a prefix, so cuDNN masks by length (no [B, H, L, L] bias)
+        lengths = None if key_mask is None else key_mask.sum(-1).astype(jnp.int32)
+        o = attention(q, k, v, causal=True, key_lengths=lengths)
         return self.o_proj(o.reshape(b, t, -1)), k, v
 
     def step(self, x, cos, sin, k_cache, v_cache, pos):

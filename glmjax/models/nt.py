@@ -46,6 +46,7 @@ from glmjax.errors import CheckpointError, ConfigError, SequenceError
 from glmjax.kernels.attention import attention
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
 from glmjax.models.checkpoints import TensorSource
+from glmjax.models.layers import gelu_erf
 from glmjax.tokenizers import nt_kmer_tokenizer
 
 _List = getattr(nnx, "List", list)
@@ -291,7 +292,7 @@ def _layer_norm(x: jax.Array, ln: nnx.LayerNorm, eps: float) -> jax.Array:
 
 def _activation(name: str, x: jax.Array) -> jax.Array:
     if name == "gelu":
-        return jax.nn.gelu(x, approximate=False)
+        return gelu_erf(x)
     if name == "gelu_tanh":
         return jax.nn.gelu(x, approximate=True)
     if name == "silu":
@@ -343,15 +344,9 @@ class NTLayer(nnx.Module):
         b, n = x.shape[:2]
         h = _layer_norm(x, self.attn_ln, cfg.layer_norm_eps).astype(cd)
         heads = (b, n, cfg.num_heads, cfg.head_size)
-        if all(type(m) is nnx.Linear for m in (self.query, self.key, self.value)):
-            # one matmul for q, k and v: the input is read once
-            w = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
-            bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
-            qkv = jnp.matmul(h, w.astype(cd), precision=_precision(cd)) + bias.astype(cd)
-            qkv = qkv.reshape(b, n, 3, cfg.num_heads, cfg.head_size)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        else:  # adapted layers (LoRA) are called one by one
-            q, k, v = (m(h).astype(cd).reshape(heads) for m in (self.query, self.key, self.value))
+        # three GEMMs rather than one fused [d, 3 inner] GEMM: each writes its heads in the layout
+        # cuDNN attention reads, where slicing a fused output costs a copy of q, k and v
+        q, k, v = (m(h).astype(cd).reshape(heads) for m in (self.query, self.key, self.value))
         if rope is not None:
             cos, sin = rope
             q = _rotate(q.astype(jnp.float32), cos, sin).astype(cd)
