@@ -65,7 +65,8 @@ def put_batch(arrays: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arr
     The transfer is asynchronous: it overlaps with computation already queued on the devices.
     """
     sh = batch_sharding(mesh)
-    return {k: jax.device_put(v, sh) for k, v in arrays.items()}
+    # one call for all arrays: the transfers are dispatched together (less host time per batch)
+    return dict(jax.device_put(dict(arrays), sh))
 
 
 def num_devices(mesh: Mesh) -> int:
