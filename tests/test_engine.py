@@ -207,6 +207,14 @@ def test_causal_engine_matches_reference_and_any_batching(tmp_path, llama):
     assert_same_scores(a, b)
     for x, y in zip(a[1]["token_logp"], b[1]["token_logp"], strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    # blocks prepared by several host threads arrive in order: the file is the same row for row
+    score(llama, store, tmp_path / "c.h5", batch_tokens=64, block_rows=2, per_token=True, host_workers=1)
+    score(llama, store, tmp_path / "d.h5", batch_tokens=64, block_rows=2, per_token=True, host_workers=3)
+    c, d = read_all(tmp_path / "c.h5"), read_all(tmp_path / "d.h5")
+    for k in c[0]:
+        np.testing.assert_array_equal(c[0][k], d[0][k], err_msg=k)
+    for x, y in zip(c[1]["token_logp"], d[1]["token_logp"], strict=True):
+        np.testing.assert_array_equal(x, y)
     # per-token values reduce to the row statistics
     with ScoreStore(tmp_path / "a.h5") as s:
         for i in range(len(s)):

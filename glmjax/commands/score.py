@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--block-rows", type=int, default=16384,
                    help="rows per block: unit of in-order writing and of resume commits")
     p.add_argument("--devices", type=int, default=None, help="use the first N local devices (default: all)")
+    p.add_argument("--host-workers", type=int, default=None,
+                   help="threads that read and tokenize blocks ahead of the devices (default: half the CPUs, "
+                        "1 to 4; $GLMJAX_HOST_WORKERS)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--restart", action="store_true", help="ignore a partial output of a killed run; start over")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoint files")
@@ -102,6 +105,7 @@ def run_score(args: argparse.Namespace) -> int:
     parse_mode(model.objective, args.pll, args.seed)
     s = score(model, args.input, args.out, pll=args.pll, seed=args.seed, batch_tokens=args.batch_tokens,
               per_token=args.per_token, window=args.window, block_rows=args.block_rows, devices=args.devices,
+              host_workers=args.host_workers,
               overwrite=args.overwrite, resume=not args.restart, process_index=index, process_count=count)
     resumed = f" (resumed after {s.resumed_rows:,} rows)" if s.resumed_rows else ""
     print(f"{s.out}: {s.rows:,} rows{resumed}, {s.mode.describe()}, {s.seconds:.1f} s, "

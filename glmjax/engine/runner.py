@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,18 @@ def _finish_block(blk: _Block, ids: np.ndarray, mode: ScoringMode, per_token: bo
     return out, tokens
 
 
+def default_host_workers() -> int:
+    """Block-preparation threads: half the host's CPUs, between 1 and 4 (``$GLMJAX_HOST_WORKERS``
+    overrides)."""
+    env = os.environ.get("GLMJAX_HOST_WORKERS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ConfigError(f"GLMJAX_HOST_WORKERS must be a positive integer, not {env!r}") from None
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
 def block_bounds(lengths: np.ndarray, max_rows: int, max_nucleotides: int) -> np.ndarray:
     """Block boundaries ``[0, ..., len(lengths)]``: consecutive rows, at most ``max_rows`` rows and
     ``max_nucleotides`` nucleotides per block (a longer single row is a block of its own)."""
@@ -472,7 +485,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
           block_rows: int = 16384, block_nucleotides: int = 1 << 23, devices=None, overwrite: bool = False,
           resume: bool = True,
           process_index: int = 0, process_count: int = 1, inflight: int = 3, prefetch: int = 6,
-          chunk: int | None = None, on_commit: Callable[[int], None] | None = None) -> ScoreSummary:
+          chunk: int | None = None, on_commit: Callable[[int], None] | None = None,
+          host_workers: int | None = None) -> ScoreSummary:
     """Score every sequence of ``input_path`` with ``model`` into a ScoreStore at ``out``.
 
     Args:
@@ -496,6 +510,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
       prefetch: prepared batches buffered between the host thread and the devices.
       chunk: see :class:`Scorer`.
       on_commit: called with the committed row count after each block is written.
+      host_workers: threads that read, tokenize and pad blocks ahead of the devices (default
+        :func:`default_host_workers`); results do not depend on it.
 
     Raises:
       GlmjaxError: bad input, options or over-long sequences, before anything is written.
@@ -508,6 +524,9 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         raise ConfigError(f"--window must be a positive number of nucleotides, not {window}")
     if block_rows < 1 or block_nucleotides < 1:
         raise ConfigError("block_rows and block_nucleotides must be positive")
+    if host_workers is not None and host_workers < 1:
+        raise ConfigError(f"host_workers must be at least 1, not {host_workers}")
+    workers = host_workers or default_host_workers()
     out_path = shard_path(out, process_index, process_count)
     if out_path.exists() and not overwrite:
         raise StoreError(f"{out_path} already exists; choose another output or pass --overwrite")
@@ -541,7 +560,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
             summary = _run(source, scorer, writer, lo + writer.rows, hi, hi - lo, tokenizer, model.objective, mode,
                            policy, context, window, per_token,
                            block_bounds(source.lengths()[lo:hi], block_rows, block_nucleotides) + lo,
-                           inflight, prefetch, on_commit)
+                           inflight, prefetch, on_commit, workers=workers)
             summary.out = writer.finalize()
             summary.resumed_rows = writer.resumed_rows
             summary.rows = writer.rows
@@ -562,7 +581,7 @@ _STOP = object()
 
 def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, shard_rows: int, tokenizer,
          objective: str, mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
-         bounds: np.ndarray, inflight: int, prefetch: int, on_commit) -> ScoreSummary:
+         bounds: np.ndarray, inflight: int, prefetch: int, on_commit, workers: int = 1) -> ScoreSummary:
     from glmjax.progress import progress
 
     # batch sizes depend on the shard's size, not on what is left of it, so a resumed run builds
@@ -584,32 +603,49 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
                 continue
         return False
 
+    def build(b0: int, b1: int):
+        """Read, tokenize, bucket and pad one block: (block, its host batches)."""
+        blk = _prepare_block(source, b0, b1, tokenizer, objective, window)
+        plan = batching.plan_batches(blk.tokens.lengths, policy, context,
+                                     lambda L: scorer.rows_per_batch(L, total_pieces_cap))
+        blk.num_batches = len(plan)
+        blk.row_stats = np.zeros((len(blk.tokens), len(ROW_STATS)), np.float32)
+        blk.token_values = [None] * len(blk.tokens) if want_tokens else None
+        host = [batching.assemble(blk.tokens, idx, length, scorer.rows_per_batch(length, total_pieces_cap),
+                                  tokenizer.pad_id, blk.seq + b0, blk.piece) for length, idx in plan]
+        blk.tokens = None  # the batches hold what is still needed
+        return blk, host
+
     def producer() -> None:
+        # blocks are prepared by a few worker threads (numpy releases the GIL for most of the
+        # work) and handed on in order; this thread only transfers their batches to the devices
+        spans = [(max(int(b0), start), int(b1)) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True)
+                 if int(b1) > start]  # a partial file written with other block sizes resumes at its committed row
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glmjax-prepare")
         try:
-            for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
-                b0, b1 = int(b0), int(b1)
-                if b1 <= start:
-                    continue
-                # a partial file written with other block sizes resumes at its committed row
-                b0 = max(b0, start)
-                blk = _prepare_block(source, b0, b1, tokenizer, objective, window)
-                plan = batching.plan_batches(blk.tokens.lengths, policy, context,
-                                             lambda L: scorer.rows_per_batch(L, total_pieces_cap))
-                blk.num_batches = len(plan)
-                blk.row_stats = np.zeros((len(blk.tokens), len(ROW_STATS)), np.float32)
-                blk.token_values = [None] * len(blk.tokens) if want_tokens else None
+            ahead: deque = deque()
+            todo = iter(spans)
+            for span in todo:
+                ahead.append(pool.submit(build, *span))
+                if len(ahead) > workers:
+                    break
+            while ahead:
+                blk, host = ahead.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    ahead.append(pool.submit(build, *nxt))
                 if not put(batches, ("block", blk)):
                     return
-                for length, idx in plan:
-                    b = batching.assemble(blk.tokens, idx, length, scorer.rows_per_batch(length, total_pieces_cap),
-                                          tokenizer.pad_id, blk.seq + b0, blk.piece)
+                for b in host:
                     if not put(batches, ("batch", _Item(blk, b, scorer.device_batch(b)))):
                         return
-                blk.tokens = None  # the batches hold what is still needed
+                del host
             put(batches, ("end", None))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             errors.append(e)
             put(batches, ("end", None))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def writer_loop() -> None:
         while True:
