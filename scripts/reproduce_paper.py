@@ -472,7 +472,8 @@ def summarise_cell(report: dict, meta: dict) -> dict:
     """The numbers of one audit report that the tables and figures use.
 
     Per repetition count r (0 = control canaries, never planted): mean and max exposure, fraction
-    extracted, detection TPR at the calibrated 1 % FPR (raw and reference-ratio statistic), and the
+    extracted, detection TPR at the 1 % FPR threshold calibrated on the controls (raw and
+    reference-ratio statistic; for r = 0 the controls' realised FPR), and the
     canary-level membership AUC of ``-log perplexity`` for the canaries planted r times (members)
     against the controls (non-members).
     """
@@ -483,12 +484,9 @@ def summarise_cell(report: dict, meta: dict) -> dict:
     exp = np.array([c["exposure"] for c in can], np.float64)
     ext = np.array([c["extracted"] for c in can], bool)
     lppl = np.array([np.nan if c["log_perplexity"] is None else c["log_perplexity"] for c in can], np.float64)
-    det = report.get("detection") or {}
-    det_rows = {int(x["repetitions"]): x for x in ((det.get("groups") or {}).get("canaries") or {}).get(
-        "by_repetition", [])}
-    ref = det.get("reference") or {}
-    ref_rows = {int(x["repetitions"]): x for x in ((ref.get("groups") or {}).get("canaries") or {}).get(
-        "by_repetition", [])}
+    det = (report.get("detection") or {}).get("canaries") or {}
+    det_rows = _detection_rows(det)
+    ref_rows = _detection_rows(det.get("reference") or {})
     ctrl = reps == 0
     rows = []
     for r in sorted(set(reps.tolist())):
@@ -528,6 +526,19 @@ def summarise_cell(report: dict, meta: dict) -> dict:
 
 def _get(d: dict | None, key: str) -> Any:
     return None if d is None else d.get(key)
+
+
+def _detection_rows(det: dict) -> dict[int, dict]:
+    """Repetition count -> {"tpr": ..} of a report's canary detection result.
+
+    The planted canaries come per repetition count; when the never-planted controls are the null
+    (``null == "control canaries"``), their flagged fraction is the realised FPR, filed under 0.
+    """
+    rows = {int(x["repetitions"]): x for x in ((det.get("groups") or {}).get("canaries") or {}).get(
+        "by_repetition", [])}
+    if det.get("null") == "control canaries" and det.get("realised_fpr") is not None:
+        rows[0] = {"tpr": det["realised_fpr"]}
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------

@@ -63,6 +63,16 @@ def test_report_is_complete_and_valid(audited):
     for c in manifest["canaries"]:
         assert c["secret"] not in json.dumps(rep) or len(c["secret"]) < 6
     assert "memorization risk" in headline(rep)
+    # the planted canaries are calibrated on the never-planted control, the windows on the windows
+    det = rep["detection"]
+    controls = [c["log_perplexity"] for c in rep["canaries"] if c["repetitions"] == 0]
+    cd = det["canaries"]
+    assert cd["null"] == "control canaries" and cd["n_nonmembers"] == len(controls) == 1
+    assert cd["threshold"] == pytest.approx(min(controls)) and cd["realised_fpr"] == 0.0
+    assert [r["repetitions"] for r in cd["groups"]["canaries"]["by_repetition"]] == [1, 64]
+    planted = [c["log_perplexity"] for c in rep["canaries"] if c["repetitions"] > 0]
+    assert cd["groups"]["canaries"]["tpr"] == pytest.approx(np.mean(np.array(planted) < min(controls)))
+    assert det["windows"]["null"] == "non-member windows" and set(det["windows"]["groups"]) == {"members"}
 
 
 def test_exposure_and_extraction_rise_with_repetition(audited):

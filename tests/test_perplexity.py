@@ -82,6 +82,41 @@ def test_detect_tpr_by_repetition_and_reference():
     assert res2.reference.groups["canaries"].tpr < 0.05
     d = res2.to_dict()
     assert d["mode"] == "causal" and d["reference"]["groups"]["canaries"]["n"] == 150
+    assert res.null == d["null"] == d["reference"]["null"] == P.NULL_WINDOWS  # the default null
+
+
+def test_control_canary_null_threshold_is_the_lowest_control():
+    rng = np.random.default_rng(5)
+    controls = rng.normal(3.0, 0.3, 16)  # 16 * 0.01 < 1: no control may be flagged
+    planted = np.concatenate([controls.min() - rng.uniform(0.01, 1.0, 8),   # below every control
+                              controls.min() + rng.uniform(0.0, 1.0, 8)])   # at or above the lowest
+    reps = np.repeat([64, 1], 8)
+    res = P.detect({"canaries": planted}, controls, mode="causal", fpr=0.01, repetitions={"canaries": reps},
+                   null=P.NULL_CONTROLS)
+    assert res.null == P.NULL_CONTROLS and res.to_dict()["null"] == "control canaries"
+    assert res.threshold == controls.min() and res.realised_fpr == 0.0 and res.n_nonmembers == 16
+    by = {r["repetitions"]: r for r in res.groups["canaries"].by_repetition}
+    assert by[64]["tpr"] == 1.0 and by[1]["tpr"] == 0.0 and res.groups["canaries"].tpr == 0.5
+    # p-values against the controls: below every control -> 1 / 17
+    assert by[64]["p_median"] == pytest.approx(1 / 17)
+    # 200 controls at 1 %: k = 2, the threshold is the third-lowest control and 2 controls are flagged
+    many = rng.normal(3.0, 0.3, 200)
+    res2 = P.detect({"canaries": planted}, many, mode="causal", fpr=0.01, null=P.NULL_CONTROLS)
+    assert res2.threshold == np.sort(many)[2] and res2.realised_fpr == 0.01
+
+
+def test_single_control_gives_a_threshold_but_no_z():
+    res = P.detect({"canaries": np.array([1.0, 2.5])}, np.array([2.0]), mode="causal", fpr=0.01,
+                   repetitions={"canaries": np.array([4, 4])}, null=P.NULL_CONTROLS)
+    assert res.threshold == 2.0 and res.realised_fpr == 0.0 and res.groups["canaries"].tpr == 0.5
+    assert math.isnan(res.groups["canaries"].z_mean) and math.isnan(res.nonmember_std)
+    # the windows null keeps refusing what it cannot describe
+    with pytest.raises(ConfigError, match="at least 2 non-member"):
+        P.detect({"m": np.array([1.0])}, np.array([2.0]), mode="causal")
+    with pytest.raises(ConfigError, match="unknown null"):
+        P.detect({"m": np.array([1.0])}, np.array([2.0, 3.0]), mode="causal", null="controls")
+    with pytest.raises(ConfigError, match="at least one value"):
+        P.detect({"m": np.array([1.0])}, np.zeros(0), mode="causal", null=P.NULL_CONTROLS)
 
 
 def test_modes_are_never_mixed():
@@ -96,3 +131,14 @@ def test_modes_are_never_mixed():
     mode, params = P.check_same_mode(("a", "pll-random", {"k": 8, "fraction": 0.15, "seed": 0}),
                                      ("b", "pll-random", {"k": 8, "fraction": 0.15, "seed": 0}))
     assert mode == "pll-random" and params["k"] == 8
+
+
+def test_few_controls_flag_a_null_canary_with_probability_one_over_n_plus_one():
+    # The realised FPR on the controls is 0, yet a canary exchangeable with them falls below the
+    # lowest of n controls with probability 1 / (n + 1): the chance level documented for few controls.
+    rng = np.random.default_rng(9)
+    for n in (2, 8):
+        flagged = [P.detect({"canaries": x[:1]}, x[1:], mode="causal", fpr=0.01, null=P.NULL_CONTROLS)
+                   .groups["canaries"].tpr for x in rng.normal(size=(3000, n + 1))]
+        p = 1 / (n + 1)
+        assert abs(np.mean(flagged) - p) < 4 * math.sqrt(p * (1 - p) / 3000)

@@ -70,8 +70,11 @@ def test_report_numbers_match_direct_computation(written):
     norm = np.mean([min(c["exposure"] / np.log2(c["n_candidates"]), 1) for c in ext])
     assert rep["risk"]["vectors"]["extraction"] == pytest.approx(max(frac, norm))
     det = rep["detection"]
-    d = max(g["tpr"] for g in det["groups"].values()) - det["realised_fpr"]
+    assert det["fpr_target"] == res.detection_fpr
+    d = max(g["tpr"] - sub["realised_fpr"] for sub in (det["windows"], det["canaries"])
+            for g in sub["groups"].values())
     assert rep["risk"]["vectors"]["detection"] == pytest.approx(max(d, 0))
+    assert set(det["windows"]["groups"]) == {"members"} and det["windows"]["null"] == "non-member windows"
     assert rep["risk"]["worst_case"] == max(rep["risk"]["vectors"].values())
     assert rep["risk"]["band"] == R.band(rep["risk"]["worst_case"])
     by = {r["repetitions"]: r for r in rep["extraction"]["by_repetition"]}
@@ -137,6 +140,90 @@ def test_partial_results_and_exact_exposure_only():
         RP.evaluate(RP.AuditResult(mode="causal"))
 
 
+def _canary_result(planted_ppl: np.ndarray, control_ppl: np.ndarray, reps: np.ndarray, seed: int = 0,
+                   **kw) -> RP.AuditResult:
+    """Member and non-member windows from one distribution (no window signal) plus canaries."""
+    rng = np.random.default_rng(seed)
+    est = exact_exposure_estimate(1.0, np.arange(4.0**4))
+    ppl = np.concatenate([planted_ppl, control_ppl])
+    canaries = [RP.CanaryResult.from_estimate(f"c{i:03d}", int(r), est, False, "ACGT", log_perplexity=float(x))
+                for i, (r, x) in enumerate(zip(np.concatenate([reps, np.zeros(len(control_ppl), int)]), ppl,
+                                               strict=True))]
+    args = dict(mode="causal", member_log_ppl=rng.normal(3.0, 0.2, 1000), nonmember_log_ppl=rng.normal(3.0, 0.2, 1000),
+                canaries=canaries, n_bootstrap=0)
+    args.update(kw)
+    return RP.AuditResult(**args)
+
+
+def test_canaries_like_their_controls_are_not_detected():
+    """Planted and control canaries from one distribution, far below every genome window: the
+    canaries are calibrated on the controls, so nothing is detected (against the windows every
+    canary, controls included, would be)."""
+    rng = np.random.default_rng(11)
+    planted, controls = rng.normal(1.0, 0.2, 120), rng.normal(1.0, 0.2, 40)
+    reps = np.repeat([1, 4, 16, 64], 30)
+    rep = RP.evaluate(_canary_result(planted, controls, reps))
+    cd = rep["detection"]["canaries"]
+    assert cd["null"] == "control canaries" and cd["n_nonmembers"] == 40
+    assert cd["groups"]["canaries"]["n"] == 120  # planted only: the controls are the null
+    assert cd["threshold"] == pytest.approx(controls.min()) and cd["realised_fpr"] == 0.0
+    assert cd["groups"]["canaries"]["tpr"] == pytest.approx((planted < controls.min()).mean())
+    assert cd["groups"]["canaries"]["tpr"] < 0.1
+    assert [r["repetitions"] for r in cd["groups"]["canaries"]["by_repetition"]] == [1, 4, 16, 64]
+    assert rep["risk"]["vectors"]["detection"] < 0.1
+    # what the windows null makes of the same canaries: every one of them, controls too, "detected"
+    windows_null = RP.detect({"canaries": np.concatenate([planted, controls])},
+                             _canary_result(planted, controls, reps).nonmember_log_ppl, mode="causal")
+    assert windows_null.groups["canaries"].tpr == 1.0
+    page = RP.render_html(rep)
+    assert "control canaries" in page and "No control canaries" not in page
+
+
+def test_planted_canaries_below_the_controls_are_detected():
+    rng = np.random.default_rng(12)
+    controls = rng.normal(2.0, 0.2, 16)  # 16 * 1 % < 1: the threshold is the lowest control
+    low = controls.min() - rng.uniform(0.05, 0.5, 20)  # planted 16 and 64 times, below every control
+    high = rng.normal(2.0, 0.2, 10) + 0.5  # planted once, nothing learnt
+    reps = np.array([16] * 10 + [64] * 10 + [1] * 10)
+    ref = np.concatenate([low, high, controls]) - 0.5  # a reference model finding nothing unusual
+    rep = RP.evaluate(_canary_result(np.concatenate([low, high]), controls, reps, reference_mode="causal",
+                                     reference_canary_log_ppl=ref))
+    cd = rep["detection"]["canaries"]
+    assert cd["threshold"] == pytest.approx(controls.min()) and cd["realised_fpr"] == 0.0
+    by = {r["repetitions"]: r["tpr"] for r in cd["groups"]["canaries"]["by_repetition"]}
+    assert by == {1: 0.0, 16: 1.0, 64: 1.0}
+    assert cd["groups"]["canaries"]["tpr"] == pytest.approx(2 / 3)
+    # the reference ratio is constant (0.5) for planted and controls alike: no flag beats the controls
+    assert cd["reference"]["null"] == "control canaries" and cd["reference"]["groups"]["canaries"]["tpr"] == 0.0
+    assert rep["detection"]["windows"]["reference"] is None  # no reference scores of the windows
+    assert rep["risk"]["vectors"]["detection"] == pytest.approx(2 / 3)
+    assert rep["risk"]["sources"]["detection"] == "log_perplexity:canaries"
+    # no non-member windows needed: the controls alone calibrate the canaries
+    alone = RP.evaluate(_canary_result(np.concatenate([low, high]), controls, reps, member_log_ppl=None,
+                                       nonmember_log_ppl=None))
+    assert alone["detection"]["windows"] is None and alone["detection"]["canaries"] == {
+        **cd, "reference": None}
+    plots = RP._plots(rep)
+    assert any(t.startswith("Canaries") for t, _ in plots)
+
+
+def test_without_controls_canaries_fall_back_to_the_windows(written):
+    res, _, rep = written  # REPS has no control canary
+    cd = rep["detection"]["canaries"]
+    assert cd["null"] == "non-member windows"
+    assert cd["n_nonmembers"] == len(res.nonmember_log_ppl) == rep["detection"]["windows"]["n_nonmembers"]
+    assert cd["threshold"] == rep["detection"]["windows"]["threshold"]
+    t = cd["threshold"]
+    by = {r["repetitions"]: r for r in cd["groups"]["canaries"]["by_repetition"]}
+    for r in set(REPS):
+        x = np.array([c.log_perplexity for c in res.canaries if c.repetitions == r])
+        assert by[r]["tpr"] == pytest.approx((x < t).mean())
+    assert "No control canaries" in RP.render_html(rep)
+    # without windows either, there is no null for the canaries at all
+    bare = RP.evaluate(_result(member_log_ppl=None, nonmember_log_ppl=None, mia_scores={}))
+    assert bare["detection"] is None and "detection" not in bare["risk"]["vectors"]
+
+
 def test_modes_are_not_mixed_in_reports():
     with pytest.raises(StoreError, match="same mode"):
         RP.evaluate(_result(n=400, reference_mode="causal", reference_mode_params={"k": 1},
@@ -148,13 +235,24 @@ def test_modes_are_not_mixed_in_reports():
     (lambda r: r["risk"].pop("worst_case"), "worst_case: is required"),
     (lambda r: r["risk"].__setitem__("band", "low" if r["risk"]["band"] != "low" else "high"), "does not match"),
     (lambda r: r["risk"]["vectors"].__setitem__("mia", 1.5), r"risk.vectors.mia: must lie in \[0.0, 1.0\]"),
-    (lambda r: r.__setitem__("schema_version", 99), "understands version 1"),
+    (lambda r: r.__setitem__("schema_version", 99), "understands version 2"),
     (lambda r: r["canaries"][0].__setitem__("secret", "ACGT"), "only allowed in reports written with reveal"),
     (lambda r: r["canaries"][0].__setitem__("sha256", "xyz"), "invalid format"),
     (lambda r: r["mia"]["attacks"]["loss"]["tpr_at_fpr"].pop("0.001"), "0.001: is required"),
     (lambda r: r["mia"]["attacks"]["loss"].__setitem__("auc", "0.7"), "must be a number"),
     (lambda r: r.__setitem__("mia", None), "mia section is null"),
     (lambda r: r["provenance"].pop("glmjax_version"), "glmjax_version: is required"),
+    (lambda r: r["detection"]["canaries"].__setitem__("null", "genome"), r"detection.canaries.null: must be one of"),
+    (lambda r: r["detection"]["canaries"].pop("null"), r"detection.canaries.null: is required"),
+    (lambda r: r["detection"]["windows"].__setitem__("null", "control canaries"), r"detection.windows.null"),
+    (lambda r: r["detection"]["canaries"]["groups"]["canaries"].__setitem__("tpr", 1.5),
+     r"detection.canaries.groups.canaries.tpr: must lie"),
+    (lambda r: r["detection"]["canaries"]["groups"]["canaries"]["by_repetition"][0].__setitem__("repetitions", 0),
+     r"by_repetition\[0\].repetitions: must be an integer >= 1"),
+    (lambda r: r["detection"]["windows"].__setitem__("realised_fpr", 0.5), r"detection.windows.realised_fpr"),
+    (lambda r: r["detection"].pop("canaries"), r"detection.canaries: is required"),
+    (lambda r: r["detection"].update(windows=None, canaries=None), "must hold a windows or a canaries result"),
+    (lambda r: r.__setitem__("detection", None), "detection section is null"),
     (lambda r: r["canaries"][1].__setitem__("exposure", 99.0), "exposure: must lie"),
 ])
 def test_validator_rejects_broken_reports(written, mutate, match):

@@ -40,6 +40,28 @@ def test_detection_risk_from_result_takes_max_over_groups_and_reference():
     assert src.endswith(":canaries")
 
 
+def test_detection_risk_is_the_max_over_windows_and_canary_results():
+    rng = np.random.default_rng(1)
+    nm = rng.normal(3, 0.2, 1000)
+    windows = detect({"members": rng.normal(2.9, 0.2, 500)}, nm, mode="causal", fpr=0.01)
+    controls = rng.normal(4.0, 0.1, 10)
+    # 3 of 10 planted canaries lie below every control: TPR 0.3 at realised FPR 0
+    planted = np.concatenate([np.full(3, 3.5), np.full(7, 4.5)])
+    canaries = detect({"canaries": planted}, controls, mode="causal", fpr=0.01,
+                      reference_queries={"canaries": planted - 4.0}, reference_nonmember=controls - rng.normal(3.8, 0.01, 10),
+                      reference_mode="causal", null="control canaries")
+    w_risk = windows.groups["members"].tpr - windows.realised_fpr
+    assert canaries.realised_fpr == 0.0 and canaries.groups["canaries"].tpr == pytest.approx(0.3)
+    # under the reference ratio the canaries (4.0) sit above every control (about 3.8): none flagged
+    assert canaries.reference.groups["canaries"].tpr == 0.0
+    assert 0 < w_risk < 0.3
+    assert R.detection_risk_from(windows, canaries) == (pytest.approx(0.3), "log_perplexity:canaries")
+    assert R.detection_risk_from(windows, None) == (pytest.approx(w_risk), "log_perplexity:members")
+    assert R.detection_risk_from(None, canaries) == R.detection_risk_from(canaries)
+    with pytest.raises(ConfigError, match="at least one detection"):
+        R.detection_risk_from(None, None)
+
+
 def test_extraction_risk():
     # fraction extracted 1/4; mean exposure/log2R = (20 + 10 + 0 + 30 capped at 20) / 20 / 4 = 0.625
     r = R.extraction_risk([True, False, False, False], [20.0, 10.0, 0.0, 30.0], 20.0)

@@ -6,15 +6,22 @@ masked models. The scoring mode ("causal", "pll-exact", "pll-strided", "pll-rand
 parameters) travels with every array: statistics from different modes are never compared, and
 every result states the mode it was computed in.
 
-Detection compares query sequences (members, canaries) with the distribution of non-member
-log-perplexities, all lower-is-more-suspicious:
+Detection compares query sequences with a null distribution of log-perplexities of sequences
+the model never saw, all lower-is-more-suspicious. The null must resemble the queries in everything
+but training: member genome windows are compared with non-member genome windows
+(:data:`NULL_WINDOWS`), planted canaries with never-planted control canaries from the same
+generator (:data:`NULL_CONTROLS`) — short random prefix + secret sequences differ from genome
+windows in length and composition, so against windows even never-planted canaries look "detected".
 
-- z-score: ``(mean_nonmember - x) / std_nonmember`` (positive = less perplexing than typical).
-- empirical p-value: ``(1 + #{non-members with log-ppl <= x}) / (1 + n_nonmembers)``, the +1
-  correction making it a valid p-value under the null "x is one more non-member".
-- calibrated threshold: flag ``x < t`` with ``t`` the (k+1)-th smallest non-member value, k the
-  largest integer with k / n <= target FPR; at most k non-members are then flagged (fewer when
-  values tie), so the FPR on the calibration non-members never exceeds the target.
+- z-score: ``(mean_null - x) / std_null`` (positive = less perplexing than typical); undefined
+  (NaN) when a control-canary null has fewer than 2 values or no spread.
+- empirical p-value: ``(1 + #{null values <= x}) / (1 + n_null)``, the +1 correction making it a
+  valid p-value under the null "x is one more draw from the null".
+- calibrated threshold: flag ``x < t`` with ``t`` the (k+1)-th smallest null value, k the largest
+  integer with k / n <= target FPR; at most k null values are then flagged (fewer when values
+  tie), so the FPR on the calibration set never exceeds the target. With n * FPR < 1 (e.g. 16
+  controls at 1 %) t is the lowest null value and the realised FPR is 0 — on those n values; a
+  fresh draw from the null still falls below t with probability 1 / (n + 1).
 - TPR: the fraction of a query group flagged; per canary repetition count when given.
 - reference ratio: with a reference model, the same procedure on
   ``log_ppl_target - log_ppl_reference`` (the reference model must use the same scoring mode).
@@ -31,6 +38,9 @@ import numpy as np
 from glmjax.errors import ConfigError, StoreError
 
 MODES = ("causal", "pll-exact", "pll-strided", "pll-random")
+NULL_WINDOWS = "non-member windows"
+NULL_CONTROLS = "control canaries"
+NULLS = (NULL_WINDOWS, NULL_CONTROLS)
 
 
 def log_perplexity(sum_logp: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
@@ -113,7 +123,7 @@ def calibrate_threshold(nonmember: np.ndarray, fpr: float) -> tuple[float, float
 
 @dataclass
 class DetectionGroup:
-    """Detection of one query group (e.g. members, canaries) against the non-members."""
+    """Detection of one query group (e.g. members, canaries) against the null distribution."""
 
     name: str
     n: int
@@ -131,7 +141,12 @@ class DetectionGroup:
 
 @dataclass
 class DetectionResult:
-    """Perplexity detection in one scoring mode, on one statistic."""
+    """Perplexity detection in one scoring mode, on one statistic, against one null distribution.
+
+    ``n_nonmembers``, ``nonmember_mean`` and ``nonmember_std`` describe the null distribution that
+    ``null`` names (non-member windows or control canaries); the names are kept from the time
+    the null was always the non-member windows.
+    """
 
     mode: str
     mode_params: dict
@@ -144,11 +159,12 @@ class DetectionResult:
     nonmember_std: float
     groups: dict[str, DetectionGroup]
     reference: DetectionResult | None = None
+    null: str = NULL_WINDOWS
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (the ``detection`` entry of report.json)."""
+        """JSON-ready dict (``detection.windows`` / ``detection.canaries`` of report.json)."""
         return {
-            "mode": self.mode, "mode_params": self.mode_params, "statistic": self.statistic,
+            "mode": self.mode, "mode_params": self.mode_params, "statistic": self.statistic, "null": self.null,
             "fpr_target": self.fpr_target,
             "threshold": self.threshold if math.isfinite(self.threshold) else None,
             "realised_fpr": self.realised_fpr, "n_nonmembers": self.n_nonmembers,
@@ -159,11 +175,16 @@ class DetectionResult:
 
 
 def _group(name: str, x: np.ndarray, nonmember: np.ndarray, t: float,
-           repetitions: np.ndarray | None) -> DetectionGroup:
+           repetitions: np.ndarray | None, null: str) -> DetectionGroup:
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         raise ConfigError(f"detection group {name!r} is empty")
-    z = z_scores(x, nonmember)
+    if null == NULL_CONTROLS and (nonmember.size < 2 or nonmember.std(ddof=1) == 0):
+        # A handful of controls (often a single one) still calibrates a threshold; only the
+        # z-score needs a spread, and it is reported as undefined rather than refused.
+        z = np.full(x.shape, np.nan)
+    else:
+        z = z_scores(x, nonmember)
     p = empirical_p_values(x, nonmember)
     flagged = x < t
     rows = []
@@ -182,15 +203,18 @@ def _group(name: str, x: np.ndarray, nonmember: np.ndarray, t: float,
 
 
 def _detect_statistic(queries: Mapping[str, np.ndarray], nonmember: np.ndarray, mode: str, params: dict,
-                      statistic: str, fpr: float,
-                      repetitions: Mapping[str, np.ndarray] | None) -> DetectionResult:
+                      statistic: str, fpr: float, repetitions: Mapping[str, np.ndarray] | None,
+                      null: str) -> DetectionResult:
     nm = np.asarray(nonmember, dtype=np.float64)
+    if nm.size == 0:
+        raise ConfigError(f"detection needs at least one value of its null distribution ({null})")
     if not np.isfinite(nm).all():
-        raise ConfigError("non-member log-perplexities must be finite")
+        raise ConfigError(f"log-perplexities of the null distribution ({null}) must be finite")
     t, realised = calibrate_threshold(nm, fpr)
-    groups = {name: _group(name, x, nm, t, (repetitions or {}).get(name)) for name, x in queries.items()}
-    return DetectionResult(mode, params, statistic, fpr, t, realised, int(nm.size), float(nm.mean()),
-                           float(nm.std(ddof=1)), groups)
+    groups = {name: _group(name, x, nm, t, (repetitions or {}).get(name), null) for name, x in queries.items()}
+    sd = float(nm.std(ddof=1)) if nm.size > 1 else math.nan
+    return DetectionResult(mode, params, statistic, fpr, t, realised, int(nm.size), float(nm.mean()), sd, groups,
+                           null=null)
 
 
 def detect(queries: Mapping[str, np.ndarray], nonmember: np.ndarray, *, mode: str,
@@ -198,24 +222,29 @@ def detect(queries: Mapping[str, np.ndarray], nonmember: np.ndarray, *, mode: st
            repetitions: Mapping[str, np.ndarray] | None = None,
            reference_queries: Mapping[str, np.ndarray] | None = None,
            reference_nonmember: np.ndarray | None = None, reference_mode: str | None = None,
-           reference_mode_params: Mapping | None = None) -> DetectionResult:
-    """Perplexity detection of query groups against non-members.
+           reference_mode_params: Mapping | None = None, null: str = NULL_WINDOWS) -> DetectionResult:
+    """Perplexity detection of query groups against a null distribution.
 
     Args:
       queries: group name -> float [Q] log-perplexities (e.g. "members", "canaries").
-      nonmember: float [N] non-member log-perplexities (the null distribution).
+      nonmember: float [N] log-perplexities of the null distribution: non-member windows, or
+        never-planted control canaries when the queries are planted canaries.
       mode, mode_params: the scoring mode of all these values.
       fpr: target false-positive rate for the calibrated threshold.
       repetitions: group name -> int [Q] repetition counts (per canary), for per-count TPR.
       reference_queries, reference_nonmember: the same sequences scored by a reference model;
         when given, ``result.reference`` holds detection on target minus reference log-ppl.
       reference_mode, reference_mode_params: the reference scores' mode (must equal ``mode``).
+      null: what ``nonmember`` holds, :data:`NULL_WINDOWS` or :data:`NULL_CONTROLS` (recorded in
+        the result; a control-canary null may have a single value, its z-scores are then NaN).
 
     Returns:
-      :class:`DetectionResult`.
+      :class:`DetectionResult` (its ``reference`` uses the same null).
     """
+    if null not in NULLS:
+        raise ConfigError(f"unknown null distribution {null!r} (expected one of {', '.join(map(repr, NULLS))})")
     mode, params = check_same_mode(("target scores", mode, mode_params))
-    result = _detect_statistic(queries, nonmember, mode, params, "log_perplexity", fpr, repetitions)
+    result = _detect_statistic(queries, nonmember, mode, params, "log_perplexity", fpr, repetitions, null)
     if reference_nonmember is not None or reference_queries is not None:
         if reference_nonmember is None or reference_queries is None or reference_mode is None:
             raise ConfigError("a reference comparison needs reference_queries, reference_nonmember and reference_mode")
@@ -227,8 +256,8 @@ def detect(queries: Mapping[str, np.ndarray], nonmember: np.ndarray, *, mode: st
                 raise ConfigError(f"reference scores for group {name!r} are missing or of another length")
             diff_q[name] = np.asarray(x, np.float64) - np.asarray(reference_queries[name], np.float64)
         if np.shape(reference_nonmember) != np.shape(nonmember):
-            raise ConfigError("reference non-member scores must cover the same non-members")
+            raise ConfigError(f"reference scores of the null distribution ({null}) must cover the same sequences")
         diff_nm = np.asarray(nonmember, np.float64) - np.asarray(reference_nonmember, np.float64)
         result.reference = _detect_statistic(diff_q, diff_nm, mode, params, "log_perplexity_ratio", fpr,
-                                             repetitions)
+                                             repetitions, null)
     return result

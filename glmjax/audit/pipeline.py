@@ -4,8 +4,9 @@
 included), the canary manifest, and optionally a reference model and shadow models, and runs
 every vector it has inputs for:
 
-* **perplexity detection** — log-perplexity of member windows and of every canary (planted,
-  held-out and control) against the non-member distribution;
+* **perplexity detection** — log-perplexity of member windows against the non-member windows,
+  and of the planted canaries against the never-planted ones (controls and held-out canaries,
+  repetitions 0; the non-member windows only when there is none), each with its own threshold;
 * **extraction** — greedy and beam-search completion of each canary prefix (causal families)
   or most-confident-first mask filling (masked families);
 * **exposure** — exact enumeration of all 4^k candidate secrets when k <= ``exact_k_max``
@@ -211,9 +212,9 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
         log(f"scoring with the reference model ({ref_model.family})")
         rss = _score(ref_model, data, sdir / "reference.h5", opts)
         rcols = _cols(rss, genome, ("sum_logp", "mean_logp", "n_tokens"))
+        result.reference_mode, result.reference_mode_params = rss.mode, dict(rss.mode_params)
         if member is not None:
             rl = log_perplexity(rcols["sum_logp"], rcols["n_tokens"])
-            result.reference_mode, result.reference_mode_params = rss.mode, dict(rss.mode_params)
             result.reference_member_log_ppl, result.reference_nonmember_log_ppl = rl[labels], rl[~labels]
 
     # ---------------------------------------------------------------- membership inference
@@ -299,7 +300,8 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
                 extracted=bool(extracted[e["id"]]), n_candidates=4 ** k, secret_sha256=secret_sha256(e["secret"]),
                 exposure_method=method, secret=e["secret"], log_perplexity=float(c_lppl[row])))
         result.canaries = canary_results
-        if ref_model is not None and result.reference_nonmember_log_ppl is not None:
+        # the canaries' reference detection needs only the canaries (controls are their null)
+        if ref_model is not None:
             rcs = _score(ref_model, sdir / "canaries_input.h5", sdir / "canaries_reference.h5", opts)
             r_lppl = log_perplexity(np.asarray(rcs.column("sum_logp")), np.asarray(rcs.column("n_tokens")))
             result.reference_canary_log_ppl = np.array([r_lppl[row] for row, _ in layout])

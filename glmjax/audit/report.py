@@ -31,7 +31,7 @@ from glmjax import __version__
 from glmjax.audit import metrics as M
 from glmjax.audit import risk as R
 from glmjax.audit.exposure import ExposureEstimate, summarise_by_repetition
-from glmjax.audit.perplexity import check_same_mode, detect
+from glmjax.audit.perplexity import NULL_CONTROLS, NULL_WINDOWS, DetectionResult, check_same_mode, detect
 from glmjax.audit.schema import SCHEMA, SCHEMA_VERSION, validate_report
 from glmjax.errors import ConfigError
 
@@ -86,7 +86,9 @@ class AuditResult:
       provenance: model / data / seed / command provenance — copied into the report.
       member_log_ppl, nonmember_log_ppl: float [.] per-sequence log-perplexities (detection, plots).
       canaries: per-canary outcomes (extraction vector); canary_log_ppl aligned with them (or
-        each canary's ``log_perplexity``) adds the canaries as a detection group.
+        each canary's ``log_perplexity``) adds the canary detection: planted canaries
+        (repetitions > 0) against the never-planted controls (repetitions 0), or against the
+        non-member windows when there is no control.
       reference_*: the same sequences under a reference model in ``reference_mode``.
       mia_scores: attack name -> float [N] scores (higher = member), mia_labels: bool [N].
       one_run: optional (scores [m], included [m]) of canaries inserted with probability 1/2 for
@@ -155,6 +157,56 @@ def _histograms(groups: Mapping[str, np.ndarray | None], bins: int = 60) -> dict
             "n": {k: int(v.size) for k, v in present.items()}}
 
 
+def _reference_kw(result: AuditResult, ref_queries: dict[str, np.ndarray | None],
+                  ref_null: np.ndarray | None) -> dict:
+    """detect()'s reference arguments when every reference array is present, else none."""
+    if ref_null is None or any(v is None for v in ref_queries.values()):
+        return {}
+    return {"reference_queries": ref_queries, "reference_nonmember": ref_null,
+            "reference_mode": result.reference_mode, "reference_mode_params": result.reference_mode_params}
+
+
+def _detect_windows(result: AuditResult, mode: str, mode_params: dict) -> DetectionResult | None:
+    """Member windows against non-member windows; None without both."""
+    if result.member_log_ppl is None or result.nonmember_log_ppl is None:
+        return None
+    ref = _reference_kw(result, {"members": result.reference_member_log_ppl}, result.reference_nonmember_log_ppl)
+    return detect({"members": result.member_log_ppl}, result.nonmember_log_ppl, mode=mode, mode_params=mode_params,
+                  fpr=result.detection_fpr, null=NULL_WINDOWS, **ref)
+
+
+def _detect_canaries(result: AuditResult, can_ppl: np.ndarray | None, mode: str,
+                     mode_params: dict) -> DetectionResult | None:
+    """Planted canaries (repetitions > 0) against the never-planted controls (repetitions 0).
+
+    Canaries differ from genome windows in length and composition, so only never-planted
+    canaries from the same generator are a fair null; without any control the non-member windows
+    are used instead and the result says so (``null``). None without a planted canary or a null.
+    """
+    if can_ppl is None:
+        return None
+    x = np.asarray(can_ppl, np.float64)
+    reps = np.array([c.repetitions for c in result.canaries], np.int64)
+    planted = reps > 0
+    if not planted.any():
+        return None
+    ref_x = result.reference_canary_log_ppl
+    if ref_x is not None:
+        ref_x = np.asarray(ref_x, np.float64)
+        if ref_x.shape != x.shape:
+            raise ConfigError(f"{ref_x.size} reference canary log-perplexities for {x.size} canaries")
+    if (~planted).any():
+        null, null_x = NULL_CONTROLS, x[~planted]
+        ref_null = None if ref_x is None else ref_x[~planted]
+    elif result.nonmember_log_ppl is not None:
+        null, null_x, ref_null = NULL_WINDOWS, result.nonmember_log_ppl, result.reference_nonmember_log_ppl
+    else:
+        return None
+    ref = _reference_kw(result, {"canaries": None if ref_x is None else ref_x[planted]}, ref_null)
+    return detect({"canaries": x[planted]}, null_x, mode=mode, mode_params=mode_params, fpr=result.detection_fpr,
+                  repetitions={"canaries": reps[planted]}, null=null, **ref)
+
+
 def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
     """Compute every number of the report from an :class:`AuditResult`.
 
@@ -174,27 +226,16 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
     can_ppl = result.canary_log_ppl
     if can_ppl is None and result.canaries and all(c.log_perplexity is not None for c in result.canaries):
         can_ppl = np.array([c.log_perplexity for c in result.canaries])
+    if can_ppl is not None and len(can_ppl) != len(result.canaries):
+        raise ConfigError(f"{len(can_ppl)} canary log-perplexities for {len(result.canaries)} canaries")
+    windows_det, canary_det = _detect_windows(result, mode, mode_params), _detect_canaries(result, can_ppl, mode,
+                                                                                            mode_params)
     detection = None
-    if result.nonmember_log_ppl is not None and (result.member_log_ppl is not None or can_ppl is not None):
-        queries, reps, ref_q = {}, {}, {}
-        if result.member_log_ppl is not None:
-            queries["members"] = result.member_log_ppl
-            ref_q["members"] = result.reference_member_log_ppl
-        if can_ppl is not None:
-            if len(can_ppl) != len(result.canaries):
-                raise ConfigError(f"{len(can_ppl)} canary log-perplexities for {len(result.canaries)} canaries")
-            queries["canaries"] = can_ppl
-            reps["canaries"] = np.array([c.repetitions for c in result.canaries])
-            ref_q["canaries"] = result.reference_canary_log_ppl
-        use_ref = result.reference_nonmember_log_ppl is not None and all(v is not None for v in ref_q.values())
-        det = detect(queries, result.nonmember_log_ppl, mode=mode, mode_params=mode_params,
-                     fpr=result.detection_fpr, repetitions=reps,
-                     reference_queries=ref_q if use_ref else None,
-                     reference_nonmember=result.reference_nonmember_log_ppl if use_ref else None,
-                     reference_mode=result.reference_mode if use_ref else None,
-                     reference_mode_params=result.reference_mode_params if use_ref else None)
-        detection = det.to_dict()
-        vectors["detection"], sources["detection"] = R.detection_risk_from(det)
+    if windows_det is not None or canary_det is not None:
+        detection = {"fpr_target": result.detection_fpr,
+                     "windows": None if windows_det is None else windows_det.to_dict(),
+                     "canaries": None if canary_det is None else canary_det.to_dict()}
+        vectors["detection"], sources["detection"] = R.detection_risk_from(windows_det, canary_det)
 
     # --- extraction / exposure
     canaries = []
@@ -341,24 +382,32 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         edges = np.array(hist["edges"])
         width = np.diff(edges)
         colours = {"members": "#1565c0", "nonmembers": "#757575", "canaries": "#c62828"}
-        can_x = [c["log_perplexity"] for c in report["canaries"] if c.get("log_perplexity") is not None]
+        known = [c for c in report["canaries"] if c.get("log_perplexity") is not None]
         for k, c in hist["counts"].items():
-            if k == "canaries" and 0 < len(can_x) <= 200:
-                # A handful of canaries reads better as individual marks than as a density.
-                ax.plot(can_x, np.zeros(len(can_x)), "|", color=colours[k], markersize=28, mew=2,
-                        label=f"{k} (n={len(can_x)})", clip_on=False)
+            if k == "canaries" and 0 < len(known) <= 200:
+                # A handful of canaries reads better as individual marks than as a density;
+                # the never-planted controls (the canary null) are marked apart from the planted.
+                for planted, colour, name in ((True, colours[k], "planted canaries"),
+                                              (False, "#212121", "control canaries")):
+                    xs = [c["log_perplexity"] for c in known if (c["repetitions"] > 0) == planted]
+                    if xs:
+                        ax.plot(xs, np.zeros(len(xs)), "|", color=colour, markersize=28 if planted else 18,
+                                mew=2, label=f"{name} (n={len(xs)})", clip_on=False)
                 continue
             c = np.array(c, float)
             dens = c / max(c.sum(), 1.0) / width
             ax.stairs(dens, edges, label=f"{k} (n={hist['n'][k]})", color=colours.get(k), lw=1.6,
                       fill=k == "nonmembers", alpha=0.5 if k == "nonmembers" else 1.0)
-        det = report.get("detection")
-        if det and det.get("threshold") is not None:
-            ax.axvline(det["threshold"], color="k", ls="--", lw=1,
-                       label=f"threshold @ FPR {det['fpr_target']:g}")
+        det = report.get("detection") or {}
+        for key, ls, what in (("windows", "--", "windows"), ("canaries", ":", "canaries")):
+            d = det.get(key)
+            if d and d.get("threshold") is not None:
+                ax.axvline(d["threshold"], color="k", ls=ls, lw=1,
+                           label=f"{what} threshold @ FPR {d['fpr_target']:g} on {d['null']}")
         ax.set_xlabel(f"log-perplexity (nats/token, mode {report['scoring']['mode']})")
         ax.set_ylabel("density")
-        ax.legend(fontsize=8)
+        # outside the axes: the canary marks along the bottom edge stay visible
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title("Perplexity: members vs non-members vs canaries")
         out.append(("Perplexity histograms", _png(fig)))
 
@@ -380,11 +429,15 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         a1.legend(fontsize=7)
         a1.set_title("Exposure vs repetition")
         a2.plot(bx, [r["extracted_mean"] for r in by], "o-", color="#c62828", label="extracted exactly")
-        det = report.get("detection")
-        if det and "canaries" in det["groups"] and det["groups"]["canaries"]["by_repetition"]:
-            dr = det["groups"]["canaries"]["by_repetition"]
-            a2.plot(np.maximum([r["repetitions"] for r in dr], 0.5), [r["tpr"] for r in dr], "s--",
-                    color="#1565c0", label=f"detected (TPR @ FPR {det['fpr_target']:g})")
+        cd = (report.get("detection") or {}).get("canaries")
+        if cd and cd["groups"]["canaries"]["by_repetition"]:
+            dr = cd["groups"]["canaries"]["by_repetition"]
+            xs, ys = [r["repetitions"] for r in dr], [r["tpr"] for r in dr]
+            if cd["null"] == NULL_CONTROLS:
+                # The controls are the null: their flagged fraction is the realised FPR.
+                xs, ys = [0, *xs], [cd["realised_fpr"], *ys]
+            a2.plot(np.maximum(xs, 0.5), ys, "s--", color="#1565c0",
+                    label=f"detected (TPR @ FPR {cd['fpr_target']:g} on {cd['null']})")
         a2.set_xscale("log")
         a2.set_ylim(-0.02, 1.02)
         a2.set_xlabel("repetitions in training data")
@@ -493,17 +546,41 @@ def render_html(report: dict) -> str:
                          f"(m = {one['details']['m']}, r = {one['details']['r']}, v = {one['details']['v']}).</p>")
     det = report.get("detection")
     if det:
-        rows = []
-        for d in (det, det.get("reference")):
-            if not d:
+        rows, notes = [], []
+        for key, what in (("windows", "member windows"), ("canaries", "planted canaries")):
+            top = det.get(key)
+            if not top:
                 continue
-            for name, g in d["groups"].items():
-                rows.append([html.escape(d["statistic"]), html.escape(name), str(g["n"]), _fmt(g["tpr"]),
-                             _fmt(d["realised_fpr"]), _fmt(g["z_mean"]), _fmt(g["p_median"])])
+            for d in (top, top.get("reference")):
+                if not d:
+                    continue
+                for name, g in d["groups"].items():
+                    rows.append([html.escape(d["statistic"]), html.escape(name), html.escape(d["null"]),
+                                 str(d["n_nonmembers"]), str(g["n"]), _fmt(d["threshold"]), _fmt(g["tpr"]),
+                                 _fmt(d["realised_fpr"]), _fmt(g["z_mean"]), _fmt(g["p_median"])])
+            notes.append(f"{what}: threshold calibrated to FPR ≤ {top['fpr_target']:g} on "
+                         f"{top['n_nonmembers']} {html.escape(top['null'])}")
         parts += ["<h2>Perplexity detection</h2>",
-                  _table(["statistic", "group", "n", "TPR", "FPR", "mean z", "median p"], rows, left=2),
-                  f"<p class='muted'>Threshold calibrated to FPR ≤ {det['fpr_target']:g} on "
-                  f"{det['n_nonmembers']} non-members; p-values (1 + #non-members ≤ x) / (1 + n).</p>"]
+                  _table(["statistic", "group", "null", "n null", "n", "threshold", "TPR", "FPR", "mean z",
+                          "median p"], rows, left=3),
+                  f"<p class='muted'>{'; '.join(notes)}. p-values (1 + #null ≤ x) / (1 + n null). Planted "
+                  "canaries are compared with never-planted control canaries from the same generator: canaries "
+                  "and genome windows differ in length and composition, so windows are no fair null for "
+                  "canaries.</p>"]
+        cd = det.get("canaries")
+        if cd and cd["null"] == NULL_WINDOWS:
+            parts.append("<p><b>No control canaries:</b> the planted canaries were calibrated on the non-member "
+                         "windows, which differ from canaries in length and composition; the canary detection "
+                         "rate may be inflated. Add never-planted controls (<code>glmjax data canaries --controls N</code>) for a fair null.</p>")
+        if cd and cd["groups"]["canaries"]["by_repetition"]:
+            ref_rows = {r["repetitions"]: r for r in
+                        ((cd.get("reference") or {}).get("groups", {}).get("canaries", {}).get("by_repetition")
+                         or [])}
+            rows = [[str(r["repetitions"]), str(r["n"]), _fmt(r["tpr"]), _fmt(r["z_mean"]), _fmt(r["p_median"]),
+                     _fmt((ref_rows.get(r["repetitions"]) or {}).get("tpr"))]
+                    for r in cd["groups"]["canaries"]["by_repetition"]]
+            parts += [f"<p>Planted canaries by repetition count (against {html.escape(cd['null'])}):</p>",
+                      _table(["repetitions", "n", "TPR", "mean z", "median p", "TPR (reference ratio)"], rows)]
     if report["canaries"]:
         rows = []
         for c in report["canaries"]:
@@ -580,7 +657,10 @@ def summary_table(report: dict):
             head = (f"{e['n_canaries']} canaries: {e['fraction_extracted']:.0%} extracted, "
                     f"mean exposure/log2|R| {e['mean_normalised_exposure']:.3f}")
         else:
-            head = f"{risk['sources'].get(k, '')} @ FPR {report['detection']['fpr_target']:g}"
+            det = report["detection"]
+            src = risk["sources"].get(k, "")
+            d = det.get("canaries") if src.endswith(":canaries") else det.get("windows")
+            head = f"{src} @ FPR {det['fpr_target']:g}" + (f" vs {d['null']}" if d else "")
         t.add_row(k, f"{v:.3f}", R.band(v), head)
     return t
 

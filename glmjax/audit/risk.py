@@ -3,8 +3,10 @@
 Formulas (also in docs/report-schema.md):
 
 - detection = clip(TPR - FPR, 0, 1) at the threshold calibrated to the target FPR (default 1%)
-  on non-members, maximised over the query groups (members, canaries) and over the raw and the
-  reference-ratio statistic. A detector no better than chance scores 0.
+  on each detection's null distribution, FPR the realised rate on that null, maximised over the
+  two detections — member windows against non-member windows, planted canaries against
+  never-planted control canaries (non-member windows when there is no control) — and over the
+  raw and the reference-ratio statistic. A detector no better than chance scores 0.
 - extraction = max(fraction of canaries extracted exactly,
                    mean over canaries of clip(exposure / log2 |R|, 0, 1)).
   Exposure / log2 |R| is 1 for a canary ranked first among all its candidates and 0 for one
@@ -46,20 +48,31 @@ def detection_risk(tpr: float, fpr: float) -> float:
     return _clip(tpr - fpr)
 
 
-def detection_risk_from(result) -> tuple[float, str]:
-    """Detection risk of a :class:`glmjax.audit.perplexity.DetectionResult` and what set it.
+def detection_risk_from(*results) -> tuple[float, str]:
+    """Detection risk of one or more :class:`glmjax.audit.perplexity.DetectionResult` and what set it.
+
+    Each result is scored against its own null (its realised FPR); the risk is the maximum over
+    the results, their reference-ratio results and their query groups. None entries are skipped.
 
     Returns:
-      (risk, source) with source "<statistic>:<group>".
+      (risk, source) with source "<statistic>:<group>" (the first maximum in the order given).
+
+    Raises:
+      ConfigError: when every result is None.
     """
     best, source = 0.0, ""
-    for res in (result, result.reference):
-        if res is None:
+    for result in results:
+        if result is None:
             continue
-        for name, g in res.groups.items():
-            r = detection_risk(g.tpr, res.realised_fpr)
-            if r > best or not source:
-                best, source = r, f"{res.statistic}:{name}"
+        for res in (result, result.reference):
+            if res is None:
+                continue
+            for name, g in res.groups.items():
+                r = detection_risk(g.tpr, res.realised_fpr)
+                if r > best or not source:
+                    best, source = r, f"{res.statistic}:{name}"
+    if not source:
+        raise ConfigError("detection risk needs at least one detection result")
     return best, source
 
 

@@ -1,10 +1,11 @@
-"""report.json schema ("glmjax.AuditReport", version 1) and its validator.
+"""report.json schema ("glmjax.AuditReport", version 2) and its validator.
 
 The schema is documented field by field in docs/report-schema.md. :func:`validate_report` checks
 required keys, types, ranges and the cross-field rules (the band matches the worst case, the worst
 case is the maximum of the vectors, every vector that was run has its section, no raw secret
 unless the report was written with ``reveal``). Readers should check ``schema`` and
-``schema_version`` first; a new major layout gets a new version number.
+``schema_version`` first; a new major layout gets a new version number (version 2 split
+``detection`` into ``windows`` and ``canaries``, each against its own null distribution).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import math
 import re
 from typing import Any
 
-from glmjax.audit.perplexity import MODES
+from glmjax.audit.perplexity import MODES, NULL_WINDOWS, NULLS
 from glmjax.audit.risk import VECTORS, band
 from glmjax.errors import GlmjaxError
 
 SCHEMA = "glmjax.AuditReport"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUIRED_FPRS = ("0.001", "0.01")
 BANDS = ("low", "medium", "high")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -135,7 +136,7 @@ def _validate_attack(a: Any, name: str) -> None:
 
 
 def validate_report(report: Any) -> None:
-    """Check a report dict against the glmjax.AuditReport schema (version 1).
+    """Check a report dict against the glmjax.AuditReport schema (version 2).
 
     Raises:
       ReportSchemaError: naming the first offending field and what is wrong with it.
@@ -182,11 +183,48 @@ def validate_report(report: Any) -> None:
     det = _get(report, "detection", "")
     if det is not None:
         _obj(det, "detection")
-        _str(_get(det, "mode", "detection"), "detection.mode", choices=MODES)
         _num(_get(det, "fpr_target", "detection"), "detection.fpr_target", 0.0, 1.0)
-        _num(_get(det, "realised_fpr", "detection"), "detection.realised_fpr", 0.0, 1.0)
-        groups = _obj(_get(det, "groups", "detection"), "detection.groups")
-        for name, g in groups.items():
-            _num(_get(g, "tpr", f"detection.groups.{name}"), f"detection.groups.{name}.tpr", 0.0, 1.0)
+        present = 0
+        for key in ("windows", "canaries"):
+            sub = _get(det, key, "detection")
+            if sub is not None:
+                present += 1
+                _validate_detection(sub, f"detection.{key}", "log_perplexity",
+                                    (NULL_WINDOWS,) if key == "windows" else NULLS)
+        if not present:
+            _fail("detection", "must hold a windows or a canaries result (or be null)")
     elif "detection" in vectors:
         _fail("detection", "risk.vectors has detection but the detection section is null")
+
+
+def _validate_detection(d: Any, p: str, statistic: str, nulls: tuple[str, ...]) -> None:
+    """One DetectionResult dict (and its reference-ratio result, which shares its null)."""
+    _obj(d, p)
+    _str(_get(d, "mode", p), f"{p}.mode", choices=MODES)
+    _str(_get(d, "statistic", p), f"{p}.statistic", choices=(statistic,))
+    null = _get(d, "null", p)
+    _str(null, f"{p}.null", choices=nulls)
+    fpr = _get(d, "fpr_target", p)
+    _num(fpr, f"{p}.fpr_target", 0.0, 1.0)
+    _num(_get(d, "realised_fpr", p), f"{p}.realised_fpr", 0.0, fpr + 1e-12)
+    _num(_get(d, "threshold", p), f"{p}.threshold", nullable=True)
+    _int(_get(d, "n_nonmembers", p), f"{p}.n_nonmembers", 1)
+    groups = _obj(_get(d, "groups", p), f"{p}.groups")
+    if not groups:
+        _fail(f"{p}.groups", "must hold at least one query group")
+    for name, g in groups.items():
+        gp = f"{p}.groups.{name}"
+        _int(_get(g, "n", gp), f"{gp}.n", 1)
+        _num(_get(g, "tpr", gp), f"{gp}.tpr", 0.0, 1.0)
+        rows = _get(g, "by_repetition", gp)
+        if not isinstance(rows, list):
+            _fail(f"{gp}.by_repetition", "must be a list")
+        for i, r in enumerate(rows):
+            # rows are planted canaries only: the never-planted ones are the null, not a query
+            _int(_get(r, "repetitions", f"{gp}.by_repetition[{i}]"), f"{gp}.by_repetition[{i}].repetitions", 1)
+            _num(_get(r, "tpr", f"{gp}.by_repetition[{i}]"), f"{gp}.by_repetition[{i}].tpr", 0.0, 1.0)
+    ref = _get(d, "reference", p)
+    if ref is not None:
+        if statistic != "log_perplexity":
+            _fail(f"{p}.reference", "a reference-ratio result has no reference of its own")
+        _validate_detection(ref, f"{p}.reference", "log_perplexity_ratio", (null,))
