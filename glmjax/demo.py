@@ -49,7 +49,7 @@ class DemoProfile:
 
     window: int = 100
     canaries_per_repetition: int = 2
-    controls: int = 2
+    controls: int = 8  # the null of canary detection: its expected FPR is 1 / (controls + 1)
     prefix_len: int = 16
     secret_len: int = 7
     pretrain_epochs: int = 4

@@ -473,7 +473,7 @@ def summarise_cell(report: dict, meta: dict) -> dict:
 
     Per repetition count r (0 = control canaries, never planted): mean and max exposure, fraction
     extracted, detection TPR at the 1 % FPR threshold calibrated on the controls (raw and
-    reference-ratio statistic; for r = 0 the controls' realised FPR), and the
+    reference-ratio statistic; for r = 0 the expected FPR, the chance level), and the
     canary-level membership AUC of ``-log perplexity`` for the canaries planted r times (members)
     against the controls (non-members).
     """
@@ -532,12 +532,13 @@ def _detection_rows(det: dict) -> dict[int, dict]:
     """Repetition count -> {"tpr": ..} of a report's canary detection result.
 
     The planted canaries come per repetition count; when the never-planted controls are the null
-    (``null == "control canaries"``), their flagged fraction is the realised FPR, filed under 0.
+    (``null == "control canaries"``), the chance level — the expected FPR, the probability that a
+    canary the model does not tell apart from the controls is flagged — is filed under 0.
     """
     rows = {int(x["repetitions"]): x for x in ((det.get("groups") or {}).get("canaries") or {}).get(
         "by_repetition", [])}
-    if det.get("null") == "control canaries" and det.get("realised_fpr") is not None:
-        rows[0] = {"tpr": det["realised_fpr"]}
+    if det.get("null") == "control canaries" and det.get("expected_fpr") is not None:
+        rows[0] = {"tpr": det["expected_fpr"]}
     return rows
 
 

@@ -142,3 +142,26 @@ def test_few_controls_flag_a_null_canary_with_probability_one_over_n_plus_one():
                    .groups["canaries"].tpr for x in rng.normal(size=(3000, n + 1))]
         p = 1 / (n + 1)
         assert abs(np.mean(flagged) - p) < 4 * math.sqrt(p * (1 - p) / 3000)
+
+
+def test_expected_fpr_is_the_chance_of_flagging_a_fresh_null_draw():
+    nm = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert P.expected_fpr(nm, 1.0) == pytest.approx(1 / 6)   # below the lowest: only a new lowest
+    assert P.expected_fpr(nm, 3.5) == pytest.approx(4 / 6)   # three null values below
+    assert P.expected_fpr(nm, -math.inf) == 0.0 and P.expected_fpr(nm, math.inf) == 1.0
+    # with few controls, a canary group exchangeable with them scores 0 risk on average
+    from glmjax.audit import risk as R
+
+    rng = np.random.default_rng(11)
+    for n in (2, 16):
+        risks, tprs = [], []
+        for x in rng.normal(size=(2000, n + 8)):
+            res = P.detect({"canaries": x[:8]}, x[8:], mode="causal", fpr=0.01, null=P.NULL_CONTROLS)
+            assert res.expected_fpr == pytest.approx(1 / (n + 1))
+            tprs.append(res.groups["canaries"].tpr)
+            risks.append(R.detection_risk(res.groups["canaries"].tpr, res.expected_fpr))
+        assert abs(np.mean(tprs) - 1 / (n + 1)) < 0.01
+        # TPR - expected FPR is 0 on average; clipping at 0 leaves a positive mean, but below the
+        # 1 / (n + 1) that TPR - realised FPR (0 here) would give
+        assert abs(np.mean(np.array(tprs) - 1 / (n + 1))) < 0.01
+        assert np.mean(risks) < 0.8 / (n + 1)

@@ -71,7 +71,7 @@ def test_report_numbers_match_direct_computation(written):
     assert rep["risk"]["vectors"]["extraction"] == pytest.approx(max(frac, norm))
     det = rep["detection"]
     assert det["fpr_target"] == res.detection_fpr
-    d = max(g["tpr"] - sub["realised_fpr"] for sub in (det["windows"], det["canaries"])
+    d = max(g["tpr"] - sub["expected_fpr"] for sub in (det["windows"], det["canaries"])
             for g in sub["groups"].values())
     assert rep["risk"]["vectors"]["detection"] == pytest.approx(max(d, 0))
     assert set(det["windows"]["groups"]) == {"members"} and det["windows"]["null"] == "non-member windows"
@@ -190,13 +190,14 @@ def test_planted_canaries_below_the_controls_are_detected():
                                      reference_canary_log_ppl=ref))
     cd = rep["detection"]["canaries"]
     assert cd["threshold"] == pytest.approx(controls.min()) and cd["realised_fpr"] == 0.0
+    assert cd["expected_fpr"] == pytest.approx(1 / 17)  # a fresh control below the lowest of 16
     by = {r["repetitions"]: r["tpr"] for r in cd["groups"]["canaries"]["by_repetition"]}
     assert by == {1: 0.0, 16: 1.0, 64: 1.0}
     assert cd["groups"]["canaries"]["tpr"] == pytest.approx(2 / 3)
     # the reference ratio is constant (0.5) for planted and controls alike: no flag beats the controls
     assert cd["reference"]["null"] == "control canaries" and cd["reference"]["groups"]["canaries"]["tpr"] == 0.0
     assert rep["detection"]["windows"]["reference"] is None  # no reference scores of the windows
-    assert rep["risk"]["vectors"]["detection"] == pytest.approx(2 / 3)
+    assert rep["risk"]["vectors"]["detection"] == pytest.approx(2 / 3 - 1 / 17)
     assert rep["risk"]["sources"]["detection"] == "log_perplexity:canaries"
     # no non-member windows needed: the controls alone calibrate the canaries
     alone = RP.evaluate(_canary_result(np.concatenate([low, high]), controls, reps, member_log_ppl=None,

@@ -50,8 +50,9 @@ def _check_outputs(out: Path, datasets: tuple, families: tuple, schedule: tuple)
     for cid, c in res["cells"].items():
         assert (out / "cells" / (cid.replace("/", "__") + ".json")).exists()
         assert [r["repetitions"] for r in c["by_repetition"]] == [0, *schedule]
-        # the controls are the canaries' null: with fewer than 100 of them none is flagged at 1 % FPR
-        assert c["by_repetition"][0]["detection_tpr"] == 0.0
+        # the controls are the canaries' null: with fewer than 100 of them the threshold is the lowest
+        # control, and the chance level at 0 copies is the expected FPR 1 / (controls + 1)
+        assert c["by_repetition"][0]["detection_tpr"] == pytest.approx(1 / (res["config"]["controls"] + 1))
         assert all(r["detection_tpr"] is not None for r in c["by_repetition"])
         v = c["risk"]["vectors"]
         assert set(v) == {"detection", "extraction", "mia"}

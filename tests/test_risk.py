@@ -34,7 +34,7 @@ def test_detection_risk_from_result_takes_max_over_groups_and_reference():
     res = detect({"members": members, "canaries": canaries}, nm, mode="causal", fpr=0.01,
                  reference_queries={"members": members - 3, "canaries": canaries - 3},
                  reference_nonmember=nm - rng.normal(3, 0.05, 1000), reference_mode="causal")
-    want = max(max(g.tpr for g in r.groups.values()) - r.realised_fpr for r in (res, res.reference))
+    want = max(max(g.tpr for g in r.groups.values()) - r.expected_fpr for r in (res, res.reference))
     risk, src = R.detection_risk_from(res)
     assert risk == pytest.approx(max(want, 0.0))
     assert src.endswith(":canaries")
@@ -45,17 +45,19 @@ def test_detection_risk_is_the_max_over_windows_and_canary_results():
     nm = rng.normal(3, 0.2, 1000)
     windows = detect({"members": rng.normal(2.9, 0.2, 500)}, nm, mode="causal", fpr=0.01)
     controls = rng.normal(4.0, 0.1, 10)
-    # 3 of 10 planted canaries lie below every control: TPR 0.3 at realised FPR 0
+    # 3 of 10 planted canaries lie below every control: TPR 0.3 at realised FPR 0 and expected
+    # FPR 1 / 11 (a fresh control falls below the lowest of 10 with probability 1 / 11)
     planted = np.concatenate([np.full(3, 3.5), np.full(7, 4.5)])
     canaries = detect({"canaries": planted}, controls, mode="causal", fpr=0.01,
                       reference_queries={"canaries": planted - 4.0}, reference_nonmember=controls - rng.normal(3.8, 0.01, 10),
                       reference_mode="causal", null="control canaries")
-    w_risk = windows.groups["members"].tpr - windows.realised_fpr
+    w_risk = windows.groups["members"].tpr - windows.expected_fpr
     assert canaries.realised_fpr == 0.0 and canaries.groups["canaries"].tpr == pytest.approx(0.3)
+    assert canaries.expected_fpr == pytest.approx(1 / 11)
     # under the reference ratio the canaries (4.0) sit above every control (about 3.8): none flagged
     assert canaries.reference.groups["canaries"].tpr == 0.0
-    assert 0 < w_risk < 0.3
-    assert R.detection_risk_from(windows, canaries) == (pytest.approx(0.3), "log_perplexity:canaries")
+    assert 0 < w_risk < 0.3 - 1 / 11
+    assert R.detection_risk_from(windows, canaries) == (pytest.approx(0.3 - 1 / 11), "log_perplexity:canaries")
     assert R.detection_risk_from(windows, None) == (pytest.approx(w_risk), "log_perplexity:members")
     assert R.detection_risk_from(None, canaries) == R.detection_risk_from(canaries)
     with pytest.raises(ConfigError, match="at least one detection"):

@@ -22,6 +22,10 @@ windows in length and composition, so against windows even never-planted canarie
   tie), so the FPR on the calibration set never exceeds the target. With n * FPR < 1 (e.g. 16
   controls at 1 %) t is the lowest null value and the realised FPR is 0 — on those n values; a
   fresh draw from the null still falls below t with probability 1 / (n + 1).
+- expected FPR: the probability that a fresh draw from the null is flagged,
+  ``(1 + #{null values < t}) / (1 + n)`` (the rank argument behind the p-value; 0 when nothing
+  can be flagged). It is what the risk subtracts from the TPR, so a query group exchangeable
+  with the null scores 0 on average however few controls there are.
 - TPR: the fraction of a query group flagged; per canary repetition count when given.
 - reference ratio: with a reference model, the same procedure on
   ``log_ppl_target - log_ppl_reference`` (the reference model must use the same scoring mode).
@@ -160,6 +164,7 @@ class DetectionResult:
     groups: dict[str, DetectionGroup]
     reference: DetectionResult | None = None
     null: str = NULL_WINDOWS
+    expected_fpr: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-ready dict (``detection.windows`` / ``detection.canaries`` of report.json)."""
@@ -167,7 +172,7 @@ class DetectionResult:
             "mode": self.mode, "mode_params": self.mode_params, "statistic": self.statistic, "null": self.null,
             "fpr_target": self.fpr_target,
             "threshold": self.threshold if math.isfinite(self.threshold) else None,
-            "realised_fpr": self.realised_fpr, "n_nonmembers": self.n_nonmembers,
+            "realised_fpr": self.realised_fpr, "expected_fpr": self.expected_fpr, "n_nonmembers": self.n_nonmembers,
             "nonmember_mean": self.nonmember_mean, "nonmember_std": self.nonmember_std,
             "groups": {k: g.to_dict() for k, g in self.groups.items()},
             "reference": None if self.reference is None else self.reference.to_dict(),
@@ -214,7 +219,18 @@ def _detect_statistic(queries: Mapping[str, np.ndarray], nonmember: np.ndarray, 
     groups = {name: _group(name, x, nm, t, (repetitions or {}).get(name), null) for name, x in queries.items()}
     sd = float(nm.std(ddof=1)) if nm.size > 1 else math.nan
     return DetectionResult(mode, params, statistic, fpr, t, realised, int(nm.size), float(nm.mean()), sd, groups,
-                           null=null)
+                           null=null, expected_fpr=expected_fpr(nm, t))
+
+
+def expected_fpr(null: np.ndarray, t: float) -> float:
+    """Probability that one more draw from the null is flagged (``x < t``):
+    ``(1 + #{null < t}) / (1 + n)``; 0 when ``t = -inf`` (nothing is flagged), 1 when ``t = +inf``."""
+    nm = np.asarray(null, dtype=np.float64)
+    if t == -math.inf:
+        return 0.0
+    if t == math.inf:
+        return 1.0
+    return float((1 + int((nm < t).sum())) / (1 + nm.size))
 
 
 def detect(queries: Mapping[str, np.ndarray], nonmember: np.ndarray, *, mode: str,

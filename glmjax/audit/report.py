@@ -434,8 +434,8 @@ def _plots(report: dict) -> list[tuple[str, str]]:
             dr = cd["groups"]["canaries"]["by_repetition"]
             xs, ys = [r["repetitions"] for r in dr], [r["tpr"] for r in dr]
             if cd["null"] == NULL_CONTROLS:
-                # The controls are the null: their flagged fraction is the realised FPR.
-                xs, ys = [0, *xs], [cd["realised_fpr"], *ys]
+                # The controls are the null: at 0 copies, the chance of a flag (expected FPR).
+                xs, ys = [0, *xs], [cd["expected_fpr"], *ys]
             a2.plot(np.maximum(xs, 0.5), ys, "s--", color="#1565c0",
                     label=f"detected (TPR @ FPR {cd['fpr_target']:g} on {cd['null']})")
         a2.set_xscale("log")

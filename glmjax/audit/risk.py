@@ -3,7 +3,9 @@
 Formulas (also in docs/report-schema.md):
 
 - detection = clip(TPR - FPR, 0, 1) at the threshold calibrated to the target FPR (default 1%)
-  on each detection's null distribution, FPR the realised rate on that null, maximised over the
+  on each detection's null distribution, FPR the expected rate for a fresh draw from that null
+  ((1 + #{null below the threshold}) / (1 + n): with n = 16 controls and the threshold at the
+  lowest, 1/17 rather than the 0 realised on the controls themselves), maximised over the
   two detections — member windows against non-member windows, planted canaries against
   never-planted control canaries (non-member windows when there is no control) — and over the
   raw and the reference-ratio statistic. A detector no better than chance scores 0.
@@ -51,7 +53,7 @@ def detection_risk(tpr: float, fpr: float) -> float:
 def detection_risk_from(*results) -> tuple[float, str]:
     """Detection risk of one or more :class:`glmjax.audit.perplexity.DetectionResult` and what set it.
 
-    Each result is scored against its own null (its realised FPR); the risk is the maximum over
+    Each result is scored against its own null (its expected FPR); the risk is the maximum over
     the results, their reference-ratio results and their query groups. None entries are skipped.
 
     Returns:
@@ -68,7 +70,7 @@ def detection_risk_from(*results) -> tuple[float, str]:
             if res is None:
                 continue
             for name, g in res.groups.items():
-                r = detection_risk(g.tpr, res.realised_fpr)
+                r = detection_risk(g.tpr, res.expected_fpr)
                 if r > best or not source:
                     best, source = r, f"{res.statistic}:{name}"
     if not source:
