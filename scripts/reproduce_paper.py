@@ -26,6 +26,10 @@ Usage::
     python scripts/reproduce_paper.py --out repro-full               # one GPU, bf16; resumable
     python scripts/reproduce_paper.py --out repro-full --budget 540  # stop before 9 min; rerun resumes
     python scripts/reproduce_paper.py --out repro-full --report-only # rebuild tables and figures
+    # several GPUs: one dataset per GPU into its own folder, then one set of tables and figures
+    CUDA_VISIBLE_DEVICES=0 python scripts/reproduce_paper.py --out r-syn --datasets synthetic &
+    CUDA_VISIBLE_DEVICES=1 python scripts/reproduce_paper.py --out r-pro --datasets prokaryote & ...
+    python scripts/reproduce_paper.py --out repro-full --merge r-syn r-pro r-euk r-mul
 
 Output (``--out``)::
 
@@ -782,7 +786,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     prof = build_profile(args)
     out = Path(args.out)
     # the report alone needs no data
-    sources = {} if args.report_only else resolve_sources(prof.datasets, args.data_root, {
+    sources = {} if args.report_only or args.merge else resolve_sources(prof.datasets, args.data_root, {
         "prokaryote": args.prokaryote, "eukaryote": args.eukaryote, "multispecies": args.multispecies})
     expected = [cell_id(d, f, m) for d in prof.datasets for f in prof.families for m in prof.finetunes]
     res_path = out / "results.json"
@@ -808,7 +812,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "datasets": {**results.get("datasets", {})}, "expected_cells": expected, "cells": cells,
         "sources": {**results.get("sources", {}), **{k: [str(p) for p in v] for k, v in sources.items()}},
     }
-    if args.report_only:
+    if args.merge:
+        merge_folders([Path(m) for m in args.merge], out, results, prof.fingerprint(), args.seed)
+        cells = results["cells"]
+    if args.report_only or args.merge:
         results["complete"] = all(c in cells for c in expected)
         results["outputs"] = write_outputs(results, out)
         _atomic_json(res_path, results)
@@ -881,6 +888,48 @@ def run(args: argparse.Namespace, log=print) -> dict:
     return results
 
 
+def merge_folders(folders: list[Path], out: Path, results: dict, fingerprint: str, seed: int) -> None:
+    """Add the finished cells of other output folders of the same configuration to ``results``
+    (runs of sub-grids on several machines or GPUs): their cell JSON files and audit reports are
+    copied into ``out``, their prepared-data records and sources are kept. A folder of another
+    profile or seed, or a cell finished in two folders with different results, is an error."""
+    for folder in folders:
+        res_path = folder / "results.json"
+        if not res_path.exists():
+            raise ConfigError(f"--merge {folder}: no results.json there (not a reproduce_paper output folder)")
+        if folder.resolve() == out.resolve():
+            raise ConfigError(f"--merge {folder} is the output folder itself")
+        other = json.loads(res_path.read_text())
+        if other.get("fingerprint") != fingerprint or other.get("seed") != seed:
+            raise ConfigError(f"--merge {folder} holds results of another profile or seed ({other.get('profile')}, "
+                              f"seed {other.get('seed')})")
+        for cid, cell in other.get("cells", {}).items():
+            mine = results["cells"].get(cid)
+            if mine is not None and mine.get("risk") != cell.get("risk"):
+                raise ConfigError(f"--merge {folder}: cell {cid} is finished in two folders with different results")
+            results["cells"][cid] = cell
+            name = cid.replace("/", "__") + ".json"
+            (out / "cells").mkdir(exist_ok=True)
+            _atomic_json(out / "cells" / name, cell)
+            audit = folder / Path(cell["report"]).parent if cell.get("report") else None
+            if audit is not None and audit.is_dir():
+                shutil.copytree(audit, out / Path(cell["report"]).parent, dirs_exist_ok=True)
+        results["datasets"].update(other.get("datasets", {}))
+        results["sources"].update(other.get("sources", {}))
+        results.setdefault("merged_from", []).append(
+            {"folder": str(folder), "cells": sorted(other.get("cells", {})), "backend": other.get("backend"),
+             "devices": other.get("devices"), "jax_version": other.get("jax_version"),
+             "glmjax_version": other.get("glmjax_version")})
+    # the machine that ran the cells, not the one that merged them
+    ran = results.get("merged_from", [])
+    for key in ("backend", "jax_version", "glmjax_version"):
+        values = sorted({str(r[key]) for r in ran if r.get(key) is not None})
+        if values:
+            results[key] = values[0] if len(values) == 1 else values
+    if ran:
+        results["devices"] = sorted({str(d) for r in ran for d in (r.get("devices") or [])})
+
+
 def _compilation_cache(path: str | None) -> str | None:
     """Persistent compilation cache for every program, however fast it compiles: the cells of a
     grid compile the same training, scoring and decoding programs again and again (same shapes,
@@ -928,6 +977,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jax-cache", help="persistent compilation cache folder ('off' disables; default: "
                                        "$GLMJAX_JAX_CACHE, else ~/.cache/glmjax/jax)")
     p.add_argument("--report-only", action="store_true", help="rebuild tables and figures from results.json")
+    p.add_argument("--merge", nargs="+", metavar="FOLDER",
+                   help="add the finished cells of these output folders (same profile and seed; e.g. one "
+                        "dataset per GPU) to --out, then write the tables and figures")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     return p.parse_args(argv)
 

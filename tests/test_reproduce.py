@@ -196,3 +196,39 @@ def test_small_profile_all_architecture_classes(tmp_path):
         e_lo = np.mean(_vector(res, fam, "full", "exposure_mean", 1))
         e_hi = np.mean(_vector(res, fam, "full", "exposure_mean", 64))
         assert e_hi > e_lo, (fam, e_lo, e_hi)
+
+
+def test_merge_folders_of_sub_grids(tiny, tmp_path, capsys):
+    """Sub-grids run in separate folders (e.g. one dataset per GPU) merge into one set of outputs."""
+    out = tiny[0]
+    full = json.loads((out / "results.json").read_text())
+    parts = []
+    for ds in ("synthetic", "prokaryote"):
+        d = tmp_path / ds
+        (d / "cells").mkdir(parents=True)
+        cells = {k: v for k, v in full["cells"].items() if k.startswith(f"{ds}/")}
+        assert cells
+        (d / "results.json").write_text(json.dumps({**full, "cells": cells, "datasets": {ds: full["datasets"][ds]},
+                                                    "complete": False}))
+        parts.append(str(d))
+    merged = tmp_path / "merged"
+    assert rp.main(["--tiny", "--out", str(merged), "--merge", *parts]) == 0
+    res = json.loads((merged / "results.json").read_text())
+    assert res["complete"] is True and res["cells"] == full["cells"]
+    assert set(res["datasets"]) == {"synthetic", "prokaryote"} and len(res["merged_from"]) == 2
+    assert len(list((merged / "cells").glob("*.json"))) == len(full["cells"])
+    assert (merged / "tables" / "risk_by_model.csv").exists() and (merged / "figures" / "risk_by_model.png").exists()
+    # the same cell finished with other results, another seed, or the output folder itself: refused
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cid = next(iter(json.loads(Path(parts[0], "results.json").read_text())["cells"]))
+    cell = {**full["cells"][cid], "risk": {**full["cells"][cid]["risk"], "worst_case": -1.0}}
+    (bad / "results.json").write_text(json.dumps({**full, "cells": {cid: cell}}))
+    capsys.readouterr()
+    assert rp.main(["--tiny", "--out", str(tmp_path / "m2"), "--merge", parts[0], str(bad)]) == 2
+    assert "different results" in capsys.readouterr().err
+    (bad / "results.json").write_text(json.dumps({**full, "seed": 7}))
+    assert rp.main(["--tiny", "--out", str(tmp_path / "m3"), "--merge", str(bad)]) == 2
+    assert "another profile or seed" in capsys.readouterr().err
+    assert rp.main(["--tiny", "--out", str(merged), "--merge", str(merged)]) == 2
+    assert rp.main(["--tiny", "--out", str(tmp_path / "m4"), "--merge", str(tmp_path / "nowhere")]) == 2

@@ -189,7 +189,9 @@ def fit_skewnorm(samples: np.ndarray, start: tuple[float, float, float],
         damp = lm[:, None, None] * (eye + np.abs(np.diagonal(h, axis1=1, axis2=2))[:, :, None] * eye)
         step = np.linalg.solve(-h + damp, g[:, :, None])[:, :, 0]
         cand = th + step
-        ll_new, _, _ = _loglik_grad_hess(xs, cand, need=False)
+        # a trial step far off (huge or tiny scale) overflows; it is rejected below as non-finite
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            ll_new, _, _ = _loglik_grad_hess(xs, cand, need=False)
         better = np.isfinite(ll_new) & (ll_new >= ll)
         theta[idx[better]] = cand[better]
         lam[idx] = np.where(better, np.maximum(lm * 0.1, 1e-12), lm * 10.0)
