@@ -49,11 +49,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_common import timed, torch_sync  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
@@ -162,17 +164,6 @@ FAMILIES: dict[str, FamilyBench] = {
 # ---------------------------------------------------------------------------------------------
 # Timing
 
-def timed(fn, sync, iters: int, warmup: int) -> list[float]:
-    """Wall seconds of ``iters`` calls of ``fn`` (each synchronised) after ``warmup`` calls."""
-    for _ in range(warmup):
-        sync(fn())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
-    return times
-
 
 def pipelined(fn, sync, iters: int, warmup: int) -> float:
     """Seconds per call of ``iters`` back-to-back calls of ``fn`` synchronised once at the end
@@ -185,11 +176,6 @@ def pipelined(fn, sync, iters: int, warmup: int) -> float:
         out = fn()
     sync(out)
     return (time.perf_counter() - t0) / iters
-
-
-def torch_sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def jax_matmul_peak(n: int, dtype, iters: int) -> float:

@@ -51,10 +51,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import bytes_accessed, jax_copy_bandwidth, timed  # noqa: E402
 from flax import nnx  # noqa: E402
 from glmjax.kernels import selective_scan as ss  # noqa: E402
 
@@ -75,39 +77,8 @@ MAMBA_CASES = "1024:64,8192:8"
 SMOKE_MAMBA_CASES = "64:4,256:2"
 
 
-def timed(fn, sync, iters: int, warmup: int) -> list[float]:
-    """Wall seconds of ``iters`` calls of ``fn`` (each synchronised) after ``warmup`` calls."""
-    for _ in range(warmup):
-        sync(fn())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def _block(y):
     return jax.block_until_ready(y)
-
-
-def jax_copy_bandwidth(nbytes: int, iters: int) -> float:
-    """Bytes/s (read + written) of a jitted elementwise pass over an ``nbytes`` float32 array."""
-    x = jnp.ones((nbytes // 4,), jnp.float32)
-    f = jax.jit(lambda a: a * 2.0)
-    return 2 * x.nbytes / min(timed(lambda: f(x), _block, iters, 2))
-
-
-def bytes_accessed(compiled) -> float | None:
-    """XLA's 'bytes accessed' of a compiled computation (None if the backend does not report it)."""
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement cost analysis
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else None
-    val = (ca or {}).get("bytes accessed")
-    return float(val) if val is not None else None
 
 
 def device_bytes(compiled) -> int | None:

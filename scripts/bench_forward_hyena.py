@@ -39,12 +39,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "torch_ref"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import hyena_torch  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_common import bytes_accessed, jax_copy_bandwidth, timed, torch_sync  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
@@ -64,51 +66,12 @@ def parse_cases(spec: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def timed(fn, sync, iters: int, warmup: int) -> list[float]:
-    """Wall seconds of ``iters`` calls of ``fn`` (each synchronised) after ``warmup`` calls."""
-    for _ in range(warmup):
-        sync(fn())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def jax_copy_bandwidth(nbytes: int, iters: int) -> float:
-    """Bytes/s (read + written) of a jitted elementwise pass over an ``nbytes`` float32 array."""
-    x = jnp.ones((nbytes // 4,), jnp.float32)
-    f = jax.jit(lambda a: a * 2.0)
-    times = timed(lambda: f(x), lambda y: y.block_until_ready(), iters, 2)
-    return 2 * x.nbytes / min(times)
-
-
 def torch_copy_bandwidth(nbytes: int, iters: int, device: torch.device) -> float:
     """Bytes/s (read + written) of ``dst.copy_(src)`` on ``device``."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     times = timed(lambda: dst.copy_(src), lambda _: torch_sync(device), iters, 2)
     return 2 * src.numel() * 4 / min(times)
-
-
-def torch_sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bytes_accessed(compiled) -> float | None:
-    """XLA's 'bytes accessed' of a compiled computation (None if the backend does not report it)."""
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement cost analysis
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else None
-    if not ca:
-        return None
-    val = ca.get("bytes accessed")
-    return float(val) if val is not None else None
 
 
 def make_models(preset: str, dtype: str, seed: int):

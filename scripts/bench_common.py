@@ -1,0 +1,53 @@
+"""Timing and device probes shared by the benchmark scripts (``scripts/bench_*.py``).
+
+Import after the script has put the repository root on ``sys.path``; torch is imported only by
+the functions that need it, so JAX-only benchmarks run without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], iters: int, warmup: int) -> list[float]:
+    """Wall seconds of ``iters`` calls of ``fn`` (each synchronised) after ``warmup`` calls."""
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def torch_sync(device) -> None:
+    """Wait for the work queued on a torch ``device`` (no-op on CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def jax_copy_bandwidth(nbytes: int, iters: int) -> float:
+    """Bytes/s (read + written) of a jitted elementwise pass over an ``nbytes`` float32 array."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(lambda a: a * 2.0)
+    return 2 * x.nbytes / min(timed(lambda: f(x), jax.block_until_ready, iters, 2))
+
+
+def bytes_accessed(compiled) -> float | None:
+    """XLA's 'bytes accessed' of a compiled computation (None if the backend does not report it)."""
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement cost analysis
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    val = (ca or {}).get("bytes accessed")
+    return float(val) if val is not None else None
