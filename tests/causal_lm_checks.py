@@ -175,3 +175,29 @@ def param_count(build, config) -> int:
     """Number of parameters of ``build(config, rngs)`` without allocating them."""
     abstract = nnx.eval_shape(lambda: build(config, nnx.Rngs(0)))
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))))
+
+
+def check_bf16_keeps_fp32_logits(family: str, config, rel_err) -> None:
+    """The same weights computing in bf16 return float32 logits within bf16 error of fp32."""
+    import dataclasses
+
+    m32 = glmjax.models.build(family, config, seed=4)
+    m16 = glmjax.models.build(family, dataclasses.replace(config, dtype="bfloat16"), seed=4)
+    ids, mask = right_padded_batch(16, [8, 6], seed=0)
+    a, b = np.asarray(m32.logits(ids, mask)), m16.logits(ids, mask)
+    assert b.dtype == jnp.float32
+    # bf16 keeps ~3 significant digits; fp32 params and fp32 norms/softmax keep the error at that level
+    assert rel_err(np.asarray(b), a, mask) < 2e-2
+
+
+def check_registry_and_presets(spec, config_cls, build, name: str, other: str) -> None:
+    """Registry entry, config round trip and the preset sizes every causal baseline offers."""
+    cfg = config_cls.tiny()
+    assert config_cls.from_dict(cfg.to_dict()) == cfg
+    assert spec.name == name and spec.objective == "causal"
+    assert spec.architecture_class == "causal-transformer"
+    assert spec.detect({"model_type": name}) and not spec.detect({"model_type": other})
+    assert glmjax.models.get_family(name) is spec
+    assert config_cls.preset("tiny") == cfg
+    assert 10e6 <= param_count(build, config_cls.preset("small")) <= 20e6
+    assert 90e6 <= param_count(build, config_cls.preset("100m")) <= 110e6

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from causal_lm_checks import (
+    check_bf16_keeps_fp32_logits,
     check_decode,
     check_hf_parity,
     check_missing_tensor,
     check_orbax_roundtrip,
     check_padding,
-    param_count,
+    check_registry_and_presets,
     randomize_torch,
-    right_padded_batch,
 )
 from conftest import rel_err
 from flax import nnx
@@ -101,26 +98,12 @@ def test_cache_longer_than_positions_is_refused():
 
 
 def test_bf16_compute_keeps_fp32_logits():
-    cfg = GPT2Config.tiny()
-    m32 = glmjax.models.build("gpt2", cfg, seed=4)
-    m16 = glmjax.models.build("gpt2", dataclasses.replace(cfg, dtype="bfloat16"), seed=4)
-    ids, mask = right_padded_batch(16, [8, 6], seed=0)
-    a, b = np.asarray(m32.logits(ids, mask)), m16.logits(ids, mask)
-    assert b.dtype == jnp.float32
-    # bf16 keeps ~3 significant digits; fp32 params and fp32 norms/softmax keep the error at that level
-    assert rel_err(np.asarray(b), a, mask) < 2e-2
+    check_bf16_keeps_fp32_logits("gpt2", GPT2Config.tiny(), rel_err)
 
 
 def test_config_roundtrip_presets_and_registry():
     cfg = GPT2Config.tiny()
-    assert GPT2Config.from_dict(cfg.to_dict()) == cfg
-    assert SPEC.name == "gpt2" and SPEC.objective == "causal"
-    assert SPEC.architecture_class == "causal-transformer"
-    assert SPEC.detect({"model_type": "gpt2"}) and not SPEC.detect({"model_type": "llama"})
-    assert glmjax.models.get_family("gpt2") is SPEC
-    assert GPT2Config.preset("tiny") == cfg
-    assert 10e6 <= param_count(build, GPT2Config.preset("small")) <= 20e6
-    assert 90e6 <= param_count(build, GPT2Config.preset("100m")) <= 110e6
+    check_registry_and_presets(SPEC, GPT2Config, build, "gpt2", "llama")
     assert GPT2Config.preset("small").max_len == 1024
     with pytest.raises(ConfigError, match="preset"):
         GPT2Config.preset("xl")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from causal_lm_checks import (
+    check_bf16_keeps_fp32_logits,
     check_decode,
     check_hf_parity,
     check_missing_tensor,
     check_orbax_roundtrip,
     check_padding,
-    param_count,
+    check_registry_and_presets,
     randomize_torch,
-    right_padded_batch,
 )
 from conftest import rel_err
 from flax import nnx
@@ -106,26 +103,12 @@ def test_padding_and_empty_rows():
 
 
 def test_bf16_compute_keeps_fp32_logits():
-    cfg = LlamaConfig.tiny()
-    m32 = glmjax.models.build("llama", cfg, seed=4)
-    m16 = glmjax.models.build("llama", dataclasses.replace(cfg, dtype="bfloat16"), seed=4)
-    ids, mask = right_padded_batch(16, [8, 6], seed=0)
-    a, b = np.asarray(m32.logits(ids, mask)), m16.logits(ids, mask)
-    assert b.dtype == jnp.float32
-    # bf16 keeps ~3 significant digits; fp32 params and fp32 norms/softmax keep the error at that level
-    assert rel_err(np.asarray(b), a, mask) < 2e-2
+    check_bf16_keeps_fp32_logits("llama", LlamaConfig.tiny(), rel_err)
 
 
 def test_config_roundtrip_presets_and_registry():
     cfg = LlamaConfig.tiny()
-    assert LlamaConfig.from_dict(cfg.to_dict()) == cfg
-    assert SPEC.name == "llama" and SPEC.objective == "causal"
-    assert SPEC.architecture_class == "causal-transformer"
-    assert SPEC.detect({"model_type": "llama"}) and not SPEC.detect({"model_type": "gpt2"})
-    assert glmjax.models.get_family("llama") is SPEC
-    assert LlamaConfig.preset("tiny") == cfg
-    assert 10e6 <= param_count(build, LlamaConfig.preset("small")) <= 20e6
-    assert 90e6 <= param_count(build, LlamaConfig.preset("100m")) <= 110e6
+    check_registry_and_presets(SPEC, LlamaConfig, build, "llama", "gpt2")
     assert LlamaConfig.preset("100m").max_len == 2048
     with pytest.raises(ConfigError, match="preset"):
         LlamaConfig.preset("huge")
