@@ -2,7 +2,8 @@
 
 Pipeline (:func:`score`)::
 
-    input rows ──(thread: read block, window, tokenize, bucket, pad, device_put)──▶ queue
+    input rows ──(host_workers threads: read block, window, tokenize, bucket, pad)──▶
+        blocks in input order ──(thread: device_put)──▶ queue
         ──(main: jitted forward + statistics, async dispatch, a few batches in flight)──▶
         per-block results, reordered to input order ──(thread: HDF5 append + commit)──▶ ScoreStore
 
