@@ -101,6 +101,8 @@ def run_score(args: argparse.Namespace) -> int:
         raise ConfigError(f"--window must be a positive number of nucleotides, not {args.window}")
     if args.batch_tokens is not None and args.batch_tokens < 1:
         raise ConfigError("--batch-tokens must be positive")
+    if args.host_workers is not None and args.host_workers < 1:
+        raise ConfigError(f"--host-workers must be at least 1, not {args.host_workers}")
     model = gm.load(args.model, trust_pickle=args.trust_pickle, dtype=_dtype(args.dtype))
     parse_mode(model.objective, args.pll, args.seed)
     s = score(model, args.input, args.out, pll=args.pll, seed=args.seed, batch_tokens=args.batch_tokens,
