@@ -218,7 +218,8 @@ def summarize_kernels(durations: dict[str, list[float]], batches: int, top: int 
                   key=lambda r: -r[1])
     by_class: dict[str, float] = {}
     for name, ms, _ in rows:
-        by_class[_kernel_class(name)] = by_class.get(_kernel_class(name), 0.0) + ms
+        cls = _kernel_class(name)
+        by_class[cls] = by_class.get(cls, 0.0) + ms
     return {"device_ms_per_batch": round(sum(r[1] for r in rows), 3),
             "by_class_ms": {k: round(v, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
             "top_kernels": [{"name": n[:160], "ms": round(ms, 3), "calls": c} for n, ms, c in rows[:top]]}
