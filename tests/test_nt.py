@@ -363,3 +363,52 @@ def test_gelu_erf_matches_float64_exact_gelu():
     got = np.asarray(gelu_erf(jnp.asarray(x)), np.float64)
     assert np.abs(got - want).max() <= 3e-7 * max(1.0, np.abs(x).max())
     assert np.abs(got - want)[np.abs(x) <= 1].max() <= 3e-7
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gelu_16bit_table_is_correctly_rounded_exact_gelu(dtype):
+    """Every 16-bit input: the lookup returns the representable value nearest the float64 GELU."""
+    from math import erf as _erf
+
+    from glmjax.models.layers import gelu_erf
+
+    dt = np.dtype(jnp.dtype(dtype))
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = np.arange(1 << 16, dtype=np.uint16).view(dt)
+        x64 = x.astype(np.float64)
+    got = np.asarray(jax.jit(gelu_erf)(jnp.asarray(x)))
+    assert got.dtype == dt
+    fin = np.isfinite(x64)
+    assert np.isnan(got.astype(np.float64)[np.isnan(x64)]).all()
+    want = np.array([v * 0.5 * (1 + _erf(v / np.sqrt(2.0))) for v in x64[fin]])
+    g = got.astype(np.float64)[fin]
+    assert np.isfinite(g).all()
+    err = np.abs(g - want)
+    # the neighbouring representable values (one bit pattern up and down) are no closer
+    bits = got.view(np.uint16)[fin].astype(np.int64)
+    for step in (-1, 1):
+        nb = np.clip(bits + step, 0, 0xFFFF).astype(np.uint16).view(dt).astype(np.float64)
+        ok = np.isfinite(nb) & (np.sign(nb) == np.sign(g))
+        assert (err[ok] <= np.abs(nb[ok] - want[ok])).all()
+    # and it is what the float32 formula gives, rounded, wherever float32 is accurate enough
+    f32 = np.asarray(gelu_erf(jnp.asarray(x64[fin], jnp.float32))).astype(np.float64)
+    with np.errstate(over="ignore"):
+        ulp = np.abs(np.asarray(np.nextafter(g.astype(dt), np.asarray(np.inf, dt)), np.float64) - g)
+    assert (np.abs(f32 - g) <= ulp + 1e-30)[np.abs(want) > 1e-3].all()
+
+
+def test_gelu_16bit_gradient_is_the_exact_derivative():
+    from math import erf as _erf
+    from math import exp, pi, sqrt
+
+    from glmjax.models.layers import gelu_erf
+
+    xb = jnp.asarray(np.linspace(-6, 6, 301), jnp.bfloat16)
+    got = jax.grad(lambda a: gelu_erf(a).astype(jnp.float32).sum())(xb)
+    assert got.dtype == jnp.bfloat16
+    # the derivative is taken at the bf16 input: compare against the float64 value at that point
+    xv = np.asarray(xb, np.float64)
+    exact = np.array([0.5 * (1 + _erf(v / sqrt(2))) + v * exp(-v * v / 2) / sqrt(2 * pi) for v in xv])
+    assert np.abs(np.asarray(got, np.float64) - exact).max() <= 2 ** -8 * max(1.0, np.abs(exact).max())
+    g32 = jax.grad(lambda a: gelu_erf(a).sum())(jnp.asarray(xv, jnp.float32))
+    np.testing.assert_allclose(np.asarray(g32, np.float64), exact, atol=1e-6)

@@ -354,12 +354,16 @@ class NTLayer(nnx.Module):
         o = attention(q, k, v, key_mask=mask, key_lengths=lengths, scale=cfg.head_size ** -0.5)
         x = x + self.attn_out(o.reshape(b, n, -1)).astype(cd)
         h = _layer_norm(x, self.ffn_ln, cfg.layer_norm_eps).astype(cd)
-        h = self.fc1(h).astype(jnp.float32)
+        h = self.fc1(h)
         if cfg.ffn_glu:
-            a, g = jnp.split(h, 2, axis=-1)
+            a, g = jnp.split(h.astype(jnp.float32), 2, axis=-1)
             h = _activation(cfg.ffn_activation, a) * g
+        elif cfg.ffn_activation == "gelu":
+            # in bf16/fp16 a table lookup of the correctly rounded exact GELU (one memory-bound pass
+            # where the erf polynomial made it compute-bound); the float32 formula in float32
+            h = gelu_erf(h.astype(cd))
         else:
-            h = _activation(cfg.ffn_activation, h)
+            h = _activation(cfg.ffn_activation, h.astype(jnp.float32))
         return x + self.fc2(h.astype(cd)).astype(cd)
 
 
