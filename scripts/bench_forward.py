@@ -1,14 +1,16 @@
 """Scoring throughput of a glmjax model vs its PyTorch (transformers) peer, in the same run.
 
 Times what scoring needs: the forward pass, log-softmax in float32 and the gather of the true
-token's log p, on random tokens of one length, for glmjax (``jax.jit`` of the split NNX state,
-cuDNN flash attention on GPU in bf16) and for the peer (``transformers``, SDPA attention, same
+token's log p, on random tokens of one length, for glmjax (jitted as the scoring engine jits its
+step: flat parameter list, the family's GPU compiler options; cuDNN flash attention on GPU in
+bf16) and for the peer (``transformers``, SDPA attention, same
 dtype, ``torch.inference_mode``). Both hold the same randomly initialised weights: the peer is
 built from its config with a fixed seed (no network) and its ``state_dict`` goes through glmjax's
 own checkpoint converter, so the per-token log p of the two can be compared too.
 
-Each side is timed twice: per batch with a synchronisation after each call (the median of
-``--iters``; ``tokens_per_s``), and back to back with one synchronisation at the end
+Each side is timed twice: per batch with a synchronisation after each call (``--rounds``
+alternating rounds of ``--iters`` batches per side, so clock and temperature drift reach both;
+the median over all rounds gives ``tokens_per_s``), and back to back with one synchronisation at the end
 (``pipelined_tokens_per_s``: batches in flight, as a scoring loop runs them, so host dispatch
 overlaps device work).
 
@@ -270,17 +272,22 @@ def profile_torch(fn, batches: int, device: torch.device) -> dict:
     return summarize_kernels(durations, batches)
 
 
-def make_jax_scorer(graphdef):
-    """``score(state, ids, mask) -> log p of every true token [B, L]`` (float32; 0 at pads)."""
+def make_jax_scorer(graphdef, treedef, options: dict | None):
+    """``score(leaves, ids, mask) -> log p of every true token [B, L]`` (float32; 0 at pads).
 
-    def score(state, ids, mask):
+    Jitted as the scoring engine jits its step: the parameters travel as a flat list of arrays
+    and ``options`` are the XLA options of the engine's program for this family and backend.
+    """
+
+    def score(leaves, ids, mask):
+        state = jax.tree_util.tree_unflatten(treedef, leaves)
         logits = nnx.merge(graphdef, state)(ids, mask)
         # log p(token) = logit(token) - logsumexp(logits): no [B, L, V] log-probabilities are stored
         lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
         tok = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0].astype(jnp.float32)
         return jnp.where(mask, tok - lse, 0.0)
 
-    return jax.jit(score)
+    return jax.jit(score, compiler_options=options)
 
 
 def run(args) -> dict:
@@ -295,17 +302,22 @@ def run(args) -> dict:
     s = bench.setup(shape, dtype_name, args.seq_tokens, args.batch, args.seed, device)
     tokens = int(s.mask.sum())
 
-    # glmjax
-    score = make_jax_scorer(s.graphdef)
+    # glmjax, compiled as the scoring engine compiles it
+    from glmjax.engine.runner import compiler_options
+    from glmjax.models import get_family
+
+    options = None if args.xla_defaults else compiler_options(get_family(args.family))
+    leaves, treedef = jax.tree_util.tree_flatten(s.state)
+    score = make_jax_scorer(s.graphdef, treedef, options)
     ids, mask = jnp.asarray(s.ids), jnp.asarray(s.mask)
     precision = "highest" if dtype_name == "float32" else "default"
     with jax.default_matmul_precision(precision):
         t0 = time.perf_counter()
-        compiled = score.lower(s.state, ids, mask).compile()
+        compiled = score.lower(leaves, ids, mask).compile()
         compile_s = time.perf_counter() - t0
-    ours_times = timed(lambda: compiled(s.state, ids, mask), lambda y: y.block_until_ready(), args.iters, args.warmup)
-    ours_pipe = pipelined(lambda: compiled(s.state, ids, mask), lambda y: y.block_until_ready(), args.iters, 1)
-    ours_logp = np.asarray(compiled(s.state, ids, mask))
+
+    def ours():
+        return compiled(leaves, ids, mask)
 
     # peer
     tids = torch.from_numpy(s.ids).long().to(device)
@@ -316,12 +328,22 @@ def run(args) -> dict:
             logp = s.peer_logits(tids, tmask).float().log_softmax(-1)
             return logp.gather(-1, tids[..., None])[..., 0] * tmask
 
-    peer_times = timed(peer_score, lambda _: torch_sync(device), args.iters, args.warmup)
+    # the two sides alternate, round by round, so that clock and temperature drift reach both
+    ours_times, peer_times, round_ratios = [], [], []
+    for r in range(args.rounds):
+        warm = args.warmup if r == 0 else 1
+        t_ours = timed(ours, lambda y: y.block_until_ready(), args.iters, warm)
+        t_peer = timed(peer_score, lambda _: torch_sync(device), args.iters, warm)
+        ours_times += t_ours
+        peer_times += t_peer
+        round_ratios.append(statistics.median(t_peer) / statistics.median(t_ours))
+    ours_pipe = pipelined(ours, lambda y: y.block_until_ready(), args.iters, 1)
     peer_pipe = pipelined(peer_score, lambda _: torch_sync(device), args.iters, 1)
+    ours_logp = np.asarray(ours())
     peer_logp = peer_score().cpu().numpy()
     profiles = None
     if args.profile:
-        profiles = {"glmjax": profile_jax(lambda: compiled(s.state, ids, mask), 2),
+        profiles = {"glmjax": profile_jax(ours, 2),
                     "torch": profile_torch(peer_score, 2, device) if device.type == "cuda" else
                     {"error": "torch.profiler records CUDA kernels only"}}
     del s.peer_logits
@@ -358,10 +380,12 @@ def run(args) -> dict:
                   "tflops": fpt * peer_tps / 1e12, "fraction_of_peak": fpt * peer_tps / torch_peak,
                   "pipelined_s": peer_pipe, "pipelined_tokens_per_s": tokens / peer_pipe},
         "speedup_vs_torch": ours_tps / peer_tps,
+        "speedup_per_round": [round(x, 4) for x in round_ratios],
         "speedup_vs_torch_pipelined": peer_pipe / ours_pipe,
         "max_abs_logp_diff_vs_torch": float(np.abs(ours_logp - peer_logp).max()),
         "mean_logp": {"glmjax": float(ours_logp[s.mask].mean()), "torch": float(peer_logp[s.mask].mean())},
-        "iters": args.iters, "warmup": args.warmup,
+        "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
+        "compiler_options": options or {},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if profiles is not None:
@@ -380,6 +404,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--iters", type=int, default=None, help="timed iterations (default 10; smoke 2)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3; smoke 1)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of --iters timed batches per side "
+                    "(default 3); medians are over all rounds")
+    ap.add_argument("--xla-defaults", action="store_true",
+                    help="compile glmjax with XLA's default options instead of the family's GPU options")
     ap.add_argument("--peak-n", type=int, default=None, help="matmul size of the peak probe (default 8192)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU, a few iterations")
@@ -392,6 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.batch = args.batch or (2 if args.smoke else 64)
     args.iters = args.iters or (2 if args.smoke else 10)
     args.warmup = args.warmup or (1 if args.smoke else 3)
+    if args.rounds < 1 or args.iters < 1:
+        print("bench_forward: error: --rounds and --iters must be at least 1", file=sys.stderr)
+        raise SystemExit(2)
     from glmjax.errors import GlmjaxError
 
     try:

@@ -357,3 +357,40 @@ def test_fasta_input_and_merge(tmp_path, llama):
     with pytest.raises(StoreError, match="never merged"):
         merge_scores([shards[0], tmp_path / "nt.shard00001-of-00002.h5"], tmp_path / "m3.h5")
     assert not (tmp_path / "m3.h5").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# compilation settings
+
+def _dot_precisions(hlo_text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"precision = \[(\w+), \w+\]", hlo_text))
+
+
+@pytest.mark.parametrize("dtype,want", [("float32", {"HIGHEST"}), ("bfloat16", {"DEFAULT"})])
+def test_forward_passes_trace_float32_matmuls_at_full_precision(dtype, want):
+    """float32 models: every matmul of the scoring step and of LoadedModel.logits asks for full
+    float32 precision (GPUs would otherwise use TF32); bf16 models keep the default."""
+    cls = gm.get_family("llama").config_cls
+    model = gm.build("llama", cls.from_dict({**cls.tiny().to_dict(), "dtype": dtype}), seed=0)
+    assert gm.base.matmul_precision(model.config) == ("highest" if dtype == "float32" else "default")
+    scorer = Scorer(model, parse_mode("causal"), sharding.make_mesh(1), batch_tokens=256)
+    batch = _pieces_batch(model.tokenizer, [np.zeros(12, np.uint8)], 16, 1)
+    assert _dot_precisions(scorer.lower(scorer.device_batch(batch)).as_text()) == want
+    model.logits(np.zeros((1, 8), np.int32))
+    fwd, state = model._fwd
+    ids = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    assert _dot_precisions(fwd.lower(state, ids, None).as_text()) == want
+
+
+def test_family_gpu_compiler_options_apply_on_gpu_only(monkeypatch):
+    spec = gm.get_family("nt")
+    assert spec.gpu_compiler_options  # measured for NT-500M (BENCHMARKS.md)
+    monkeypatch.setattr(runner, "COMPILER_OPTIONS", None)
+    assert runner.compiler_options(spec, "cpu") is None
+    assert runner.compiler_options(spec, "gpu") == spec.gpu_compiler_options
+    monkeypatch.setattr(runner, "COMPILER_OPTIONS", {"xla_gpu_enable_triton_gemm": True, "a": 1})
+    assert runner.compiler_options(spec, "cpu") == {"xla_gpu_enable_triton_gemm": True, "a": 1}
+    assert runner.compiler_options(spec, "gpu")["xla_gpu_enable_triton_gemm"] is True
+    assert runner.compiler_options(gm.get_family("llama"), "gpu") == {"xla_gpu_enable_triton_gemm": True, "a": 1}

@@ -55,10 +55,19 @@ from glmjax.storage import partial_path
 ROW_STATS = row_stat_names(MINK_PERCENTS)
 DEFAULT_FRACTION = 0.15
 
-# XLA compiler options of the scoring programs (None: XLA's defaults). On CPU,
-# {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True} compiles
-# several times faster, for runs that compile more than they compute (tests, tiny inputs).
+# XLA compiler options of the scoring programs, on top of the family's own GPU options (None:
+# only those). On CPU, {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes":
+# True} compiles several times faster, for runs that compile more than they compute (tests).
 COMPILER_OPTIONS: dict[str, Any] | None = None
+
+
+def compiler_options(spec, platform: str | None = None) -> dict[str, Any] | None:
+    """XLA options of a scoring program for family ``spec`` on ``platform`` (default: JAX's
+    default backend): the family's ``gpu_compiler_options`` on GPUs, then ``COMPILER_OPTIONS``."""
+    platform = platform or jax.default_backend()
+    opts = dict(spec.gpu_compiler_options) if platform in ("gpu", "cuda", "rocm") else {}
+    opts.update(COMPILER_OPTIONS or {})
+    return opts or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +201,8 @@ class Scorer:
         if mode.name != "causal" and mask_id is None:
             raise ConfigError(f"{model.family}: the tokenizer has no mask token; PLL scoring needs one")
         # copies per pass (hence the compiled program) depend on batch_tokens only in PLL modes
-        opts = None if COMPILER_OPTIONS is None else tuple(sorted(COMPILER_OPTIONS.items()))
+        options = compiler_options(model.spec, mesh.devices.flat[0].platform)
+        opts = None if options is None else tuple(sorted(options.items()))
         mesh_key = None if self.num_devices == 1 else (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
         key = (graphdef, treedef, mode, per_token, None if mode.name == "causal" else self.batch_tokens, chunk,
                mask_id, opts, mesh_key)
@@ -200,7 +210,7 @@ class Scorer:
         if self._jit is None:
             self._jit = _build_jit(graphdef, treedef, mode, per_token, chunk, mask_id,
                                    functools.partial(copies_per_pass, mode, self.batch_tokens),
-                                   mesh if self.num_devices > 1 else None)
+                                   mesh if self.num_devices > 1 else None, options)
             if len(_JIT_CACHE) >= 16:
                 _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
             _JIT_CACHE[key] = self._jit
@@ -234,12 +244,12 @@ _JIT_CACHE: dict = {}
 
 
 def _build_jit(graphdef, treedef, mode: ScoringMode, per_token: bool, chunk: int | None, mask_id: int | None,
-               copies_for: Callable[[int], int], mesh=None):
+               copies_for: Callable[[int], int], mesh=None, options: dict[str, Any] | None = None):
     """The compiled scoring step. On a mesh of several devices the body runs per device on its
     slice of the batch (``shard_map``; parameters replicated): scoring is data-parallel with no
     communication, and XLA's sharding propagation is not relied on — it replicates operations it
     cannot partition (e.g. the FFT of the Hyena long convolution), which would make every device
-    compute the whole batch."""
+    compute the whole batch. ``options``: XLA compiler options (:func:`compiler_options`)."""
     params = mode.param_dict
 
     def fn(leaves, ids, attention_mask, scored, rows, pieces):
@@ -268,7 +278,7 @@ def _build_jit(graphdef, treedef, mode: ScoringMode, per_token: bool, chunk: int
         data = PartitionSpec(sharding.DATA_AXIS)
         fn = _shard_map(fn, mesh, in_specs=(PartitionSpec(), data, data, data, data, data),
                         out_specs=(data, data if per_token else PartitionSpec()))
-    return jax.jit(fn, compiler_options=COMPILER_OPTIONS)
+    return jax.jit(fn, compiler_options=options)
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):

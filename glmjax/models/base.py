@@ -23,8 +23,9 @@ Configs are frozen dataclasses with ``tiny()`` (for tests), ``from_hf(config_jso
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ class FamilySpec:
         ``load_dir(path, trust_pickle) -> (config, flat NNX params)``.
       config_dir: optional ``(path) -> config`` for such folders, read without loading weights
         (``glmjax models info`` uses it; a pickle is never opened for it).
+      gpu_compiler_options: XLA options the family's scoring programs compile with on GPUs
+        (measured per family in ``scripts/bench_forward.py``; see BENCHMARKS.md).
     """
 
     name: str
@@ -73,6 +76,28 @@ class FamilySpec:
     detect_dir: Callable[[Path], bool] | None = None
     load_dir: Callable[[Path, bool], tuple[Any, dict]] | None = None
     config_dir: Callable[[Path], Any] | None = None
+    gpu_compiler_options: dict[str, Any] = field(default_factory=dict)
+
+
+def matmul_precision(config: Any) -> str:
+    """JAX matmul precision of a model: ``"highest"`` when it computes in float32 (GPUs otherwise
+    round float32 matmul inputs to TF32, ~1e-3 relative error), else ``"default"``."""
+    return "highest" if str(getattr(config, "dtype", "float32")) == "float32" else "default"
+
+
+def float32_matmuls(method: Callable) -> Callable:
+    """Decorator of a model's entry points (``__call__``, ``encode``, ``prefill``,
+    ``decode_step``): traces the method under ``jax.default_matmul_precision`` of
+    :func:`matmul_precision` of the module's config (``self.cfg`` or ``self.config``), so a
+    float32 model computes float32 matmuls on every backend, whoever calls it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        cfg = getattr(self, "cfg", None) or getattr(self, "config", None)
+        with jax.default_matmul_precision(matmul_precision(cfg)):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class LoadedModel:

@@ -39,7 +39,7 @@ from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.selective_scan import selective_scan
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.mamba import Norm, SSMCore, check_scan_options, convert_mixer, linear, normal_init
 from glmjax.tokenizers import CharTokenizer, caduceus_char_tokenizer
@@ -320,6 +320,7 @@ class Caduceus(nnx.Module):
         d = self.cfg.d_model
         return jnp.concatenate([self.norm_f(s[..., :d]), self.norm_f(s[..., d:], reverse_weight=True)], axis=-1)
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Masked-LM logits ``[B, L, V]`` (float32). ``attention_mask`` is ignored: Caduceus has
         none and treats pads as input, like its reference."""

@@ -40,7 +40,7 @@ from flax import nnx
 from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.alibi import alibi_bias
 from glmjax.kernels.attention import attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import gelu_erf
 from glmjax.tokenizers import BPETokenizer
@@ -236,6 +236,7 @@ class DNABERT2(nnx.Module):
         self.layers = _List([Layer(cfg, rngs) for _ in range(cfg.num_layers)])
         self.head = MLMHead(cfg, rngs)
 
+    @float32_matmuls
     def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Final encoder hidden states ``[B, L, d]`` (compute dtype), zero where the mask is False."""
         n = input_ids.shape[1]
@@ -248,6 +249,7 @@ class DNABERT2(nnx.Module):
             h = jnp.where(mask[..., None], h, jnp.zeros((), h.dtype))
         return h
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         h = self.encode(input_ids, attention_mask)
         return self.head(h, self.embeddings.word_embeddings.embedding[...])

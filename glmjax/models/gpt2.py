@@ -26,7 +26,7 @@ from flax import nnx
 
 from glmjax.errors import ConfigError
 from glmjax.kernels.attention import attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import (
     LayerNorm,
@@ -252,6 +252,7 @@ class GPT2(nnx.Module):
             vs.append(v)
         return self._head(x), ks, vs
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """int [B, L] ids, bool [B, L] mask (False = pad) -> float32 logits [B, L, V]."""
         return self._forward(input_ids, attention_mask)[0]
@@ -262,12 +263,14 @@ class GPT2(nnx.Module):
         self._check_len(max_len)
         return init_kv_cache(batch_size, max_len, c.n_layer, c.n_head, c.head_dim, c.dtype)
 
+    @float32_matmuls
     def prefill(self, input_ids: jax.Array, max_len: int) -> tuple[jax.Array, dict]:
         """Process prefixes int [B, T] (no padding) at once: (logits float32 [B, T, V], cache at pos T)."""
         self._check_len(max_len)
         logits, ks, vs = self._forward(input_ids, None)
         return logits, cache_from_prefill(ks, vs, max_len)
 
+    @float32_matmuls
     def decode_step(self, cache: dict, token_ids: jax.Array) -> tuple[jax.Array, dict]:
         """Feed one token per row (int [B]) at the cache's positions: (logits float32 [B, V], cache)."""
         pos = cache["pos"]

@@ -49,7 +49,7 @@ from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError, SequenceError
 from glmjax.kernels.fftconv import causal_conv_step, fftconv
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.tokenizers import CharTokenizer, hyena_char_tokenizer
 
@@ -380,6 +380,7 @@ class HyenaDNA(nnx.Module):
             aux.append((u, v))
         return self._head(x), aux
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Logits float32 ``[B, L, V_pad]`` of int ``input_ids [B, L]``.
 
@@ -421,6 +422,7 @@ class HyenaDNA(nnx.Module):
             out.append(jnp.concatenate([k[::-1], jnp.zeros_like(k)], axis=0))
         return tuple(out)
 
+    @float32_matmuls
     def decode_step(self, cache: dict, token_ids: jax.Array,
                     filters: tuple[jax.Array, ...] | None = None) -> tuple[jax.Array, dict]:
         """Feed one token per row: ``token_ids int [B]`` -> (float32 logits ``[B, V_pad]`` predicting
@@ -455,6 +457,7 @@ class HyenaDNA(nnx.Module):
         logits = self._head(x)
         return logits, {"pos": pos + 1, "conv": tuple(new_conv), "hist": tuple(new_hist)}
 
+    @float32_matmuls
     def prefill(self, input_ids: jax.Array, max_len: int) -> tuple[jax.Array, dict]:
         """Run the FFT forward over a prefix and build the decoding cache.
 

@@ -28,7 +28,7 @@ from flax import nnx
 
 from glmjax.errors import ConfigError
 from glmjax.kernels.attention import attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import (
     RMSNorm,
@@ -286,6 +286,7 @@ class Llama(nnx.Module):
             vs.append(v)
         return self._head(x), ks, vs
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """int [B, L] ids, bool [B, L] mask (False = pad) -> float32 logits [B, L, V]."""
         return self._forward(input_ids, attention_mask)[0]
@@ -295,11 +296,13 @@ class Llama(nnx.Module):
         c = self.config
         return init_kv_cache(batch_size, max_len, c.num_hidden_layers, c.kv_heads, c.head_size, c.dtype)
 
+    @float32_matmuls
     def prefill(self, input_ids: jax.Array, max_len: int) -> tuple[jax.Array, dict]:
         """Process prefixes int [B, T] (no padding) at once: (logits float32 [B, T, V], cache at pos T)."""
         logits, ks, vs = self._forward(input_ids, None)
         return logits, cache_from_prefill(ks, vs, max_len)
 
+    @float32_matmuls
     def decode_step(self, cache: dict, token_ids: jax.Array) -> tuple[jax.Array, dict]:
         """Feed one token per row (int [B]) at the cache's positions: (logits float32 [B, V], cache)."""
         pos = cache["pos"]

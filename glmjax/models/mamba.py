@@ -33,7 +33,7 @@ from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.selective_scan import selective_scan, selective_state_update
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.tokenizers import BPETokenizer, Tokenizer, causal_char_tokenizer
 
@@ -407,6 +407,7 @@ class MambaLM(nnx.Module):
                               precision=jax.lax.Precision.HIGHEST)
         return self.lm_head(h).astype(F32)
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """``input_ids int [B, L]`` (optional bool ``attention_mask [B, L]``) -> float32 logits
         ``[B, L, V]``."""
@@ -426,6 +427,7 @@ class MambaLM(nnx.Module):
                 "ssm": jnp.zeros((batch_size, c.n_layer, c.d_inner, c.d_state), F32),
                 "pos": jnp.zeros((batch_size,), jnp.int32)}
 
+    @float32_matmuls
     def prefill(self, input_ids: jax.Array, max_len: int) -> tuple[jax.Array, dict]:
         """Process unpadded prefixes ``int [B, T]`` at once: ``(logits float32 [B, T, V], cache
         at position T)`` (the cache :meth:`decode_step` continues from)."""
@@ -442,6 +444,7 @@ class MambaLM(nnx.Module):
                  "pos": cache["pos"] + ids.shape[1]}
         return self._logits(h), cache
 
+    @float32_matmuls
     def decode_step(self, cache: dict, token_ids: jax.Array) -> tuple[jax.Array, dict]:
         """Feed one token per row: ``token_ids int [B]`` -> ``(logits float32 [B, V], new cache)``;
         equals the full forward pass's logits at that position."""

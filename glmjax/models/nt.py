@@ -44,7 +44,7 @@ from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError, SequenceError
 from glmjax.kernels.attention import attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict
+from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import gelu_erf
 from glmjax.tokenizers import nt_kmer_tokenizer
@@ -397,6 +397,7 @@ class NTModel(nnx.Module):
             return input_ids != self.cfg.pad_token_id
         return attention_mask.astype(bool)
 
+    @float32_matmuls
     def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Final hidden states ``[B, L, d]`` (after ``emb_layer_norm_after``), compute dtype."""
         cfg = self.cfg
@@ -437,6 +438,7 @@ class NTModel(nnx.Module):
             x = layer(x, mask, lengths, rope)
         return _layer_norm(x, self.final_ln, cfg.layer_norm_eps).astype(cd)
 
+    @float32_matmuls
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         cd = cfg.compute_dtype
@@ -715,4 +717,7 @@ SPEC = FamilySpec(
     detect_dir=detect_dir,
     load_dir=load_dir,
     config_dir=config_dir,
+    # cuBLAS for every GEMM (its epilogue adds the residual stream) instead of XLA's Triton GEMMs,
+    # and cuDNN LayerNorm kernels: NT-v1-500M scoring 136 -> 129 ms per 64k-token batch on an H200
+    gpu_compiler_options={"xla_gpu_enable_triton_gemm": False, "xla_gpu_enable_cudnn_layer_norm": True},
 )
