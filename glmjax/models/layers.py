@@ -85,10 +85,11 @@ def gelu_erf(x: jax.Array) -> jax.Array:
     compute-bound on GPUs; the two agree to a few float32 roundings).
 
     bfloat16/float16 inputs: a lookup in :func:`gelu_table`, the correctly rounded exact GELU of
-    each of the 65536 inputs. This is the result of evaluating the formula in float32 and rounding
-    (it differs only where float32 itself loses accuracy: ``1 + erf`` cancels for x < -3.8),
-    costs one table read per element instead of an erf polynomial and a division, and is
-    identical on every backend. Gradients use the analytic derivative ``Phi(x) + x phi(x)``.
+    each of the 65536 inputs. Evaluating the formula in float32 and rounding gives the same value
+    to within one unit in the last place (bfloat16: identical except for x < -3.8, where
+    ``1 + erf`` cancels in float32); the lookup costs one table read per element instead of an erf
+    polynomial and a division, and is identical on every backend. Gradients use the analytic
+    derivative ``Phi(x) + x phi(x)``.
     """
     if x.dtype in (jnp.bfloat16, jnp.float16):
         return _gelu_lookup(x)
