@@ -353,13 +353,18 @@ def test_lora_on_default_targets():
     np.testing.assert_allclose(np.asarray(model.logits(ids, att.astype(bool))), lora_logits, rtol=1e-4, atol=1e-4)
 
 
-def test_gelu_erf_matches_float64_exact_gelu():
-    from math import erf as _erf
+def _exact_gelu(x64: np.ndarray) -> np.ndarray:
+    """GELU in float64 from ``math.erf`` (independent of scipy, which glmjax's table uses)."""
+    from math import erf
 
+    return np.array([v * 0.5 * (1 + erf(v / np.sqrt(2.0))) for v in x64])
+
+
+def test_gelu_erf_matches_float64_exact_gelu():
     from glmjax.models.layers import gelu_erf
 
     x = np.linspace(-10, 10, 20001, dtype=np.float32)
-    want = np.array([v * 0.5 * (1 + _erf(v / np.sqrt(2.0))) for v in x.astype(np.float64)])
+    want = _exact_gelu(x.astype(np.float64))
     got = np.asarray(gelu_erf(jnp.asarray(x)), np.float64)
     assert np.abs(got - want).max() <= 3e-7 * max(1.0, np.abs(x).max())
     assert np.abs(got - want)[np.abs(x) <= 1].max() <= 3e-7
@@ -368,8 +373,6 @@ def test_gelu_erf_matches_float64_exact_gelu():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_gelu_16bit_table_is_correctly_rounded_exact_gelu(dtype):
     """Every 16-bit input: the lookup returns the representable value nearest the float64 GELU."""
-    from math import erf as _erf
-
     from glmjax.models.layers import gelu_erf
 
     dt = np.dtype(jnp.dtype(dtype))
@@ -380,7 +383,7 @@ def test_gelu_16bit_table_is_correctly_rounded_exact_gelu(dtype):
     assert got.dtype == dt
     fin = np.isfinite(x64)
     assert np.isnan(got.astype(np.float64)[np.isnan(x64)]).all()
-    want = np.array([v * 0.5 * (1 + _erf(v / np.sqrt(2.0))) for v in x64[fin]])
+    want = _exact_gelu(x64[fin])
     g = got.astype(np.float64)[fin]
     assert np.isfinite(g).all()
     err = np.abs(g - want)
