@@ -354,10 +354,13 @@ def test_lora_on_default_targets():
 
 
 def _exact_gelu(x64: np.ndarray) -> np.ndarray:
-    """GELU in float64 from ``math.erf`` (independent of scipy, which glmjax's table uses)."""
-    from math import erf
+    """GELU in float64 from ``math.erfc`` (independent of scipy, which glmjax's table uses).
 
-    return np.array([v * 0.5 * (1 + erf(v / np.sqrt(2.0))) for v in x64])
+    ``erfc(-x / sqrt 2)`` rather than ``1 + erf(x / sqrt 2)``: the latter cancels in the negative
+    tail (at x = -8 a few bits remain, where bf16 still represents the GELU)."""
+    from math import erfc
+
+    return np.array([v * 0.5 * erfc(-v / np.sqrt(2.0)) for v in x64])
 
 
 def test_gelu_erf_matches_float64_exact_gelu():

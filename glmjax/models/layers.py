@@ -35,8 +35,10 @@ def _gelu_formula(x: jax.Array) -> jax.Array:
 def gelu_table(dtype) -> np.ndarray:
     """Exact GELU of every value of a 16-bit float type (65536 entries, indexed by bit pattern).
 
-    Evaluated in float64 (``scipy.special.erf``) and rounded to the nearest ``dtype`` value
-    (NaN stays NaN; GELU(-inf) is NaN, as the formula gives).
+    Evaluated in float64 as ``x / 2 * erfc(-x / sqrt(2))`` (``scipy.special.erfc``: no
+    cancellation in the negative tail, where ``1 + erf`` cancels: at x = -8 a few bits remain) and
+    rounded to the nearest ``dtype`` value (NaN stays NaN; GELU(-inf) is NaN, as the formula
+    gives).
     """
     dt = np.dtype(dtype)
     if dt not in _GELU_TABLES:
@@ -46,7 +48,7 @@ def gelu_table(dtype) -> np.ndarray:
             raise ValueError(f"gelu_table needs a 16-bit float type, got {dt}")
         with np.errstate(invalid="ignore", over="ignore"):
             x = np.arange(1 << 16, dtype=np.uint16).view(dt).astype(np.float64)
-            y = 0.5 * x * (1.0 + scipy.special.erf(x * _SQRT_HALF))
+            y = 0.5 * x * scipy.special.erfc(-x * _SQRT_HALF)
             table = y.astype(np.float32).astype(dt)
             # float64 -> float32 -> 16 bits can round twice: keep the nearer bit-pattern neighbour
             bits = table.view(np.uint16).astype(np.int64)
