@@ -200,8 +200,11 @@ def torch_matmul_peak(n: int, dtype, iters: int, device: torch.device) -> float:
 
 
 def _kernel_class(name: str) -> str:
-    """A coarse class of a GPU kernel name: gemm, attention, reduction/elementwise, copy, other."""
+    """A coarse class of a GPU kernel name: gemm, gemm+gelu (glmjax's fused Mosaic GPU kernel),
+    attention, reduction/elementwise, copy, other."""
     low = name.lower()
+    if "mosaic_gpu" in low:
+        return "gemm+gelu"
     if any(t in low for t in ("flash", "fmha", "sdpa", "attention")):
         return "attention"
     if any(t in low for t in ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul", "wgmma")):

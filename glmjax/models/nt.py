@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError, SequenceError
+from glmjax.kernels import gemm_gelu
 from glmjax.kernels.attention import attention
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
@@ -354,17 +355,30 @@ class NTLayer(nnx.Module):
         o = attention(q, k, v, key_mask=mask, key_lengths=lengths, scale=cfg.head_size ** -0.5)
         x = x + self.attn_out(o.reshape(b, n, -1)).astype(cd)
         h = _layer_norm(x, self.ffn_ln, cfg.layer_norm_eps).astype(cd)
-        h = self.fc1(h)
         if cfg.ffn_glu:
-            a, g = jnp.split(h.astype(jnp.float32), 2, axis=-1)
+            a, g = jnp.split(self.fc1(h).astype(jnp.float32), 2, axis=-1)
             h = _activation(cfg.ffn_activation, a) * g
         elif cfg.ffn_activation == "gelu":
-            # in bf16/fp16 a table lookup of the correctly rounded exact GELU (one memory-bound pass
-            # where the erf polynomial made it compute-bound); the float32 formula in float32
-            h = gelu_erf(h.astype(cd))
+            h = self._fc1_gelu(h)
         else:
-            h = _activation(cfg.ffn_activation, h.astype(jnp.float32))
+            h = _activation(cfg.ffn_activation, self.fc1(h).astype(jnp.float32))
         return x + self.fc2(h.astype(cd)).astype(cd)
+
+    def _fc1_gelu(self, h: jax.Array) -> jax.Array:
+        """``gelu(fc1(h))`` in the compute dtype. On Hopper GPUs in bf16/fp16 the exact GELU runs
+        in the fc1 GEMM's epilogue (:mod:`glmjax.kernels.gemm_gelu`); elsewhere, in bf16/fp16, a
+        table lookup of the correctly rounded exact GELU (one memory-bound pass where the erf
+        polynomial made it compute-bound), and the float32 formula in float32."""
+        cd = self.cfg.compute_dtype
+        fc1 = self.fc1
+
+        def unfused(v):
+            return gelu_erf(fc1(v).astype(cd))
+
+        if type(fc1) is not nnx.Linear:  # adapters (LoRA) compute their own projection
+            return unfused(h)
+        bias = fc1.bias[...] if fc1.bias is not None else None
+        return gemm_gelu.dense_gelu(h, fc1.kernel[...].astype(cd), bias, unfused)
 
 
 class NTModel(nnx.Module):
