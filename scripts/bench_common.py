@@ -6,8 +6,11 @@ the functions that need it, so JAX-only benchmarks run without it.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -51,3 +54,16 @@ def bytes_accessed(compiled) -> float | None:
         ca = ca[0] if ca else None
     val = (ca or {}).get("bytes accessed")
     return float(val) if val is not None else None
+
+
+def emit_json(report: dict, out: str | None) -> dict:
+    """Print ``report`` as indented JSON and, if ``out`` is given, write it there atomically
+    (a temporary file renamed into place: an interrupted run leaves no half-written report)."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        path = Path(out)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    return report

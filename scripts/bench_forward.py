@@ -57,7 +57,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_common import timed, torch_sync  # noqa: E402
+from bench_common import emit_json, timed, torch_sync  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
@@ -433,11 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
     except GlmjaxError as e:
         print(f"bench_forward: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit_json(report, args.out)
 
 
 if __name__ == "__main__":

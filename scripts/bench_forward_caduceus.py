@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -56,7 +55,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_common import bytes_accessed, jax_copy_bandwidth, timed  # noqa: E402
+from bench_common import bytes_accessed, emit_json, jax_copy_bandwidth, timed  # noqa: E402
 from flax import nnx  # noqa: E402
 from glmjax.kernels import selective_scan as ss  # noqa: E402
 
@@ -391,11 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["transformers_mamba_path"] = hf_path()
         report["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
         report["mamba"] = bench_mamba(cases, cfg, args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Prints one JSON object (also written to ``--out`` if given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,7 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_common import bytes_accessed, jax_copy_bandwidth, timed, torch_sync  # noqa: E402
+from bench_common import bytes_accessed, emit_json, jax_copy_bandwidth, timed, torch_sync  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
@@ -200,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     for preset, length, batch in parse_cases(args.cases):
         for dtype in args.dtypes.split(","):
             report["results"].append(bench_case(preset, length, batch, dtype.strip(), args, device, jax_bw))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Prints one JSON object (also written to ``--out`` if given).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,10 +34,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares 
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import emit_json  # noqa: E402
 from glmjax.kernels import gemm_gelu  # noqa: E402
 
 from glmjax.models.layers import gelu_erf  # noqa: E402
@@ -134,11 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("bench_gemm_gelu: error: sizes, --rounds and --iters must be at least 1", file=sys.stderr)
         raise SystemExit(2)
     report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -255,3 +255,28 @@ def test_nt_model_with_the_fused_kernel_matches_the_unfused_model(monkeypatch):
     ref = np.asarray(m32.logits(ids, att))
     assert rel_err(on, ref, att) < 3e-2
     assert rel_err(on, off, att) < 3e-2
+
+
+def test_bench_script_reports_every_side_and_rejects_bad_sizes(tmp_path, capsys):
+    """scripts/bench_gemm_gelu.py on a tiny shape: the unfused sides everywhere (the fused one
+    only on Hopper), the JSON written where asked; sizes below 1 exit 2 with one line."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_gemm_gelu.py"
+    spec = importlib.util.spec_from_file_location("bench_gemm_gelu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    report = bench.main(["--m", "256", "--k", "128", "--n", "256", "--rounds", "2", "--iters", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert {"xla_unfused", "xla_gemm_only"} <= set(report["ms"]) and all(v > 0 for v in report["ms"].values())
+    assert all(len(v) == 2 for v in report["ms_per_round"].values())
+    assert ("fused" in report["ms"]) == HOPPER == report["fused_kernel"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--m", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 1" in err[0]
