@@ -117,6 +117,10 @@ def test_shape_rules():
     assert not gg.shapes_fit((256, 1280), (1280, 5120), jnp.float32)
     assert not gg.shapes_fit((256, 1280), (1024, 5120), bf16)
     assert not gg.shapes_fit((2, 128, 1280), (1280, 5120), bf16)
+    with pytest.raises(ValueError, match="split"):
+        gg.GemmConfig(split="k")
+    with pytest.raises(ValueError, match="epilogue tile"):
+        gg.GemmConfig(epi_n=96)
 
 
 def test_environment_switch(monkeypatch):
