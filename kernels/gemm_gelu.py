@@ -4,8 +4,10 @@ The feed-forward block of the Nucleotide Transformer v1 applies the exact GELU t
 its first projection. cuBLAS can only fuse the tanh approximation into a GEMM, so XLA writes the
 pre-activation to memory and reads it back for the GELU: one memory-bound pass over a ``[B*L, 4d]``
 tensor per layer. :func:`matmul_bias_gelu` removes that pass with a warp-specialised Pallas
-Mosaic GPU kernel (TMA loads into a multi-stage shared-memory pipeline, WGMMA into float32
-accumulators, two consumer warpgroups per CTA, persistent over the SMs). The epilogue adds the
+Mosaic GPU kernel (a producer warpgroup's TMA loads into a multi-stage shared-memory pipeline,
+WGMMA into float32 accumulators in two consumer warpgroups that take alternate output tiles so
+that one's epilogue overlaps the other's main loop, persistent over the SMs; see
+:class:`GemmConfig`). The epilogue adds the
 bias and applies the GELU to the float32 accumulator before the single rounding to the output
 dtype, so the result is at least as accurate as rounding the GEMM output first.
 
@@ -18,14 +20,14 @@ Wherever the GELU is a normal float32 it is within 2.6e-5 of the float64 value, 
 fit contributes 7.6e-6, float32 evaluation of the exponent the rest, in the far negative tail),
 far inside one bf16 (2^-8) or fp16 (2^-11) rounding step.
 
-Speed (H200; BENCHMARKS.md): in isolation the kernel and cuBLAS's GEMM + bias followed by XLA's
-GELU pass are within a few per cent of each other at NT-v1-500M's fc1 shape, their order set by
-the card's temperature; inside the model, where the GELU pass's memory traffic competes with the
-rest, the forward pass is 1-2 % faster with the kernel.
+Speed (H200; BENCHMARKS.md): in isolation the kernel is 1-15 % faster than cuBLAS's GEMM + bias
+followed by XLA's GELU pass at NT-v1-500M's fc1 shape (and 3-20 % faster than the cooperative
+schedule), its margin set by the card's temperature; inside the model the forward pass takes
+2.5 % less device time with the kernel.
 
 :func:`supported` says whether a call can take this path (a Hopper GPU, 16-bit operands, shapes
-that fit the tiles); :func:`dense_gelu` takes it where it can and otherwise calls the caller's
-unfused function; :func:`matmul_bias_gelu` differentiates (the backward pass recomputes the
+that fit the tiles of the configuration :func:`config_for` picks); :func:`dense_gelu` takes it
+where it can and otherwise calls the caller's unfused function; :func:`matmul_bias_gelu` differentiates (the backward pass recomputes the
 pre-activation with XLA); :func:`reference` is the same function in XLA operations. The fused
 path is on by default; ``GLMJAX_FUSED_GELU=0`` turns it off.
 """
@@ -60,20 +62,28 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @dataclasses.dataclass(frozen=True)
 class GemmConfig:
-    """Tiling of :func:`matmul_bias_gelu`.
+    """Tiling and schedule of :func:`matmul_bias_gelu`.
 
-    Each CTA computes a block of the output with two consumer warpgroups of ``tile_m x tile_n``
-    each, side by side along N (``split="n"``: a ``tile_m x 2*tile_n`` block) or stacked along M
-    (``split="m"``: ``2*tile_m x tile_n``), reading ``tile_k`` columns of ``x`` per pipeline step
-    with ``stages`` steps in flight; results leave through ``epi_m x epi_n`` shared-memory tiles.
-    Output tiles are visited along a snake of ``grid_tile_width`` tiles across the minor
-    dimension (N if ``n_minor``) for L2 reuse.
+    Both schedules keep one producer warpgroup issuing TMA loads of ``tile_k`` columns of ``x``
+    (and rows of ``w``) into ``stages`` shared-memory slots, and two consumer warpgroups running
+    WGMMA into float32 accumulators of ``tile_m x tile_n``; CTAs are persistent over the SMs.
+
+    ``"pingpong"``: each consumer owns whole output tiles, the two taking alternate tiles, so that
+    one warpgroup's epilogue (bias, GELU, store) overlaps the other's main loop. Every tile uses
+    each pipeline slot an even number of times: ``K / tile_k`` must be a multiple of
+    ``2 * stages`` (see :func:`config_for`).
+    ``"cooperative"``: both consumers share one CTA block, side by side along N (``split="n"``)
+    or stacked along M (``split="m"``), and run their epilogues at the same time.
+
+    Results leave through ``epi_m x epi_n`` shared-memory tiles. Output tiles are visited along a
+    snake of ``grid_tile_width`` tiles across the minor dimension (N if ``n_minor``) for L2 reuse.
     """
 
-    tile_m: int = 64
-    tile_n: int = 256
-    tile_k: int = 128
-    stages: int = 2
+    tile_m: int = 128
+    tile_n: int = 128
+    tile_k: int = 64
+    stages: int = 5
+    schedule: str = "pingpong"
     split: str = "m"
     epi_m: int = 64
     epi_n: int = 64
@@ -82,13 +92,20 @@ class GemmConfig:
     approx_math: bool = True  # hardware rsqrt/exp2 (relative error near 2^-22) in the GELU
 
     def __post_init__(self):
+        if self.schedule not in ("cooperative", "pingpong"):
+            raise ValueError(f"GemmConfig.schedule must be 'cooperative' or 'pingpong', got {self.schedule!r}")
         if self.split not in ("m", "n"):
             raise ValueError(f"GemmConfig.split must be 'm' or 'n', got {self.split!r}")
         if self.tile_m % self.epi_m or self.tile_n % self.epi_n:
             raise ValueError("GemmConfig: the epilogue tile must divide the warpgroup tile")
+        if self.stages < 1:
+            raise ValueError(f"GemmConfig.stages must be at least 1, got {self.stages}")
 
 
+# the fastest measured at NT-v1-500M's fc1 shape (BENCHMARKS.md), and the fallbacks of config_for
 DEFAULT_CONFIG = GemmConfig()
+PINGPONG_STAGES = (5, 4, 3)
+COOPERATIVE_CONFIG = GemmConfig(tile_m=64, tile_n=256, tile_k=128, stages=2, schedule="cooperative")
 
 
 def _erfc_neg(z: jax.Array) -> jax.Array:
@@ -135,15 +152,21 @@ def _hopper() -> bool:
     return str(cc).split(".")[0] == "9"
 
 
-def supported(x_shape, w_shape, dtype, config: GemmConfig = DEFAULT_CONFIG) -> bool:
+def supported(x_shape, w_shape, dtype, config: GemmConfig | None = None) -> bool:
     """True when :func:`matmul_bias_gelu` runs the fused kernel for these operands (else it
-    raises): Mosaic GPU available, a Hopper (sm_90) default device and :func:`shapes_fit`."""
+    raises): Mosaic GPU available, a Hopper (sm_90) default device and :func:`shapes_fit` for
+    ``config`` (None: the configuration :func:`config_for` picks)."""
+    if config is None:
+        config = config_for(x_shape, w_shape, dtype)
+        if config is None:
+            return False
     return plgpu is not None and _hopper() and shapes_fit(x_shape, w_shape, dtype, config)
 
 
 def shapes_fit(x_shape, w_shape, dtype, config: GemmConfig = DEFAULT_CONFIG) -> bool:
     """bf16/fp16 operands ``x [M, K]``, ``w [K, N]`` with ``M`` at least the CTA block's rows
-    (any multiple of it or not), ``N`` a multiple of its columns and ``K`` of ``tile_k``."""
+    (any multiple of it or not), ``N`` a multiple of its columns and ``K`` of ``tile_k`` (for
+    the ping-pong schedule: of ``2 * stages * tile_k``)."""
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return False
     if len(x_shape) != 2 or len(w_shape) != 2 or x_shape[1] != w_shape[0]:
@@ -151,10 +174,26 @@ def shapes_fit(x_shape, w_shape, dtype, config: GemmConfig = DEFAULT_CONFIG) -> 
     m, k = x_shape
     n = w_shape[1]
     cta_m, cta_n = _cta_block(config)
-    return m >= cta_m and n % cta_n == 0 and k % config.tile_k == 0
+    if not (m >= cta_m and n % cta_n == 0 and k % config.tile_k == 0):
+        return False
+    # ping-pong: every tile uses each pipeline slot an even number of times (see _body_pingpong)
+    return config.schedule != "pingpong" or (config.stages >= 2 and (k // config.tile_k) % (2 * config.stages) == 0)
+
+
+def config_for(x_shape, w_shape, dtype) -> GemmConfig | None:
+    """The configuration for these operands: :data:`DEFAULT_CONFIG` (ping-pong, 5 stages) where
+    it fits, else the same tiles with 4 or 3 stages, else :data:`COOPERATIVE_CONFIG`; None where
+    no configuration fits (the caller computes without the kernel)."""
+    for stages in PINGPONG_STAGES:
+        cfg = dataclasses.replace(DEFAULT_CONFIG, stages=stages)
+        if shapes_fit(x_shape, w_shape, dtype, cfg):
+            return cfg
+    return COOPERATIVE_CONFIG if shapes_fit(x_shape, w_shape, dtype, COOPERATIVE_CONFIG) else None
 
 
 def _cta_block(cfg: GemmConfig) -> tuple[int, int]:
+    if cfg.schedule == "pingpong":
+        return cfg.tile_m, cfg.tile_n
     if cfg.split == "m":
         return 2 * cfg.tile_m, cfg.tile_n
     return cfg.tile_m, 2 * cfg.tile_n
@@ -176,16 +215,17 @@ def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array | None, fallback) -> jax
     the fused kernel where :func:`supported` and :func:`enabled` (and not under ``vmap``), else
     ``fallback(x)``, the caller's unfused computation of the same function."""
     x2 = x.reshape(-1, x.shape[-1])
-    if (enabled() and w.dtype == x.dtype and supported(x2.shape, w.shape, x.dtype) and not _batched(x, w, b)
-            and _lowers(x2.shape, w.shape, x.dtype, None if b is None else b.dtype)):
-        return matmul_bias_gelu(x2, w, b).reshape(*x.shape[:-1], w.shape[1])
+    cfg = config_for(x2.shape, w.shape, x.dtype)
+    if (enabled() and cfg is not None and w.dtype == x.dtype and supported(x2.shape, w.shape, x.dtype, cfg)
+            and not _batched(x, w, b) and _lowers(x2.shape, w.shape, x.dtype, None if b is None else b.dtype, cfg)):
+        return matmul_bias_gelu(x2, w, b, cfg).reshape(*x.shape[:-1], w.shape[1])
     return fallback(x)
 
 
 _LOWERS: dict[tuple, bool] = {}
 
 
-def _lowers(x_shape, w_shape, dtype, bias_dtype, config: GemmConfig = DEFAULT_CONFIG) -> bool:
+def _lowers(x_shape, w_shape, dtype, bias_dtype, config: GemmConfig) -> bool:
     """Whether the kernel lowers for these operands with the installed JAX (checked once per
     shape). Pallas' Mosaic GPU API is experimental: should a JAX release change it, models fall
     back to the unfused computation with a warning instead of failing."""
@@ -209,6 +249,7 @@ def _transforms(block_minor: int, dtype):
 
 
 def _body(x_gmem, w_gmem, b_gmem, out_gmem, *, cfg: GemmConfig):
+    """The cooperative schedule: Pallas' warp-specialised pipeline over K for each CTA block."""
     m, k = x_gmem.shape
     n = w_gmem.shape[1]
     tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
@@ -284,6 +325,121 @@ def _body(x_gmem, w_gmem, b_gmem, out_gmem, *, cfg: GemmConfig):
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
+def _body_pingpong(x_gmem, w_gmem, b_gmem, out_gmem, *, cfg: GemmConfig, num_sms: int):
+    """The ping-pong schedule. CTA ``sm`` owns output tiles ``sm, sm + num_sms, ...`` (local
+    tiles 0, 1, ...); warpgroup 2 loads every local tile's K steps into the ``stages`` slots in
+    turn (``full``: data arrived, ``empty``: slot free), warpgroups 0 and 1 take the even and the
+    odd local tiles, their main loops ordered by the ``turn`` barriers."""
+    m, k = x_gmem.shape
+    n = w_gmem.shape[1]
+    tm, tn, tk, stages = cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.stages
+    m_iters, n_iters, k_iters = -(-m // tm), n // tn, k // tk
+    num_tiles = m_iters * n_iters
+    out_dtype = out_gmem.dtype
+    in_tr = _transforms(tk, x_gmem.dtype)
+    epi_tiles = (tm // cfg.epi_m) * (tn // cfg.epi_n)
+    slots = min(2, epi_tiles)
+    minor = 1 if cfg.n_minor else 0
+
+    @functools.partial(pl.run_scoped,
+                       a_smem=plgpu.SMEM((stages, tm, tk), x_gmem.dtype, transforms=in_tr),
+                       b_smem=plgpu.SMEM((stages, tk, tn), w_gmem.dtype, transforms=in_tr),
+                       full=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+                       empty=plgpu.Barrier(num_arrivals=1, num_barriers=stages),
+                       turn=plgpu.Barrier(num_arrivals=1, num_barriers=2),
+                       out_smem=plgpu.SMEM((2, slots, cfg.epi_m, cfg.epi_n), out_dtype,
+                                           transforms=_transforms(cfg.epi_n, out_dtype)),
+                       collective_axes="wg")
+    def _scope(a_smem, b_smem, full, empty, turn, out_smem):
+        wg = lax.axis_index("wg")
+        sm = lax.axis_index("sm")
+        n_local = lax.div(num_tiles - sm + (num_sms - 1), num_sms)
+
+        def coords(i):
+            return plgpu.planar_snake(sm + i * num_sms, (m_iters, n_iters), minor, cfg.grid_tile_width)
+
+        @pl.when(wg == 2)
+        def _producer():
+            plgpu.set_max_registers(40, action="decrease")
+
+            @pl.loop(0, n_local)
+            def _tile(i):
+                mi, ni = coords(i)
+
+                @pl.loop(0, k_iters)
+                def _step(kk):
+                    slot = lax.rem(i * k_iters + kk, stages)
+                    plgpu.barrier_wait(empty.at[slot])
+                    plgpu.copy_gmem_to_smem(x_gmem.at[pl.ds(mi * tm, tm), pl.ds(kk * tk, tk)], a_smem.at[slot],
+                                            full.at[slot])
+                    plgpu.copy_gmem_to_smem(w_gmem.at[pl.ds(kk * tk, tk), pl.ds(ni * tn, tn)], b_smem.at[slot],
+                                            full.at[slot])
+
+        @pl.when(wg < 2)
+        def _consumer():
+            plgpu.set_max_registers(232, action="increase")
+
+            @pl.when(wg == 0)
+            def _open_slots():
+                for s in range(stages):
+                    plgpu.barrier_arrive(empty.at[s])
+
+            @pl.loop(0, lax.div(n_local - wg + 1, 2))
+            def _tile(j):
+                i = 2 * j + wg
+                mi, ni = coords(i)
+                base = i * k_iters
+
+                # mainloops alternate: this one starts once the other warpgroup has waited for all
+                # of tile i - 1's data, so that no pipeline barrier is more than one phase ahead of
+                # the phase this warpgroup expects (barrier waits test parity only)
+                @pl.when(i > 0)
+                def _await_turn():
+                    plgpu.barrier_wait(turn.at[1 - wg])
+
+                def mainloop(acc_ref):
+                    # one WGMMA group stays in flight: step kk's wait releases the slot of kk - 1
+                    # (the accumulator is the loop's carry, as in Pallas' own pipelines)
+                    def step(kk, acc_ref):
+                        slot = lax.rem(base + kk, stages)
+                        plgpu.barrier_wait(full.at[slot])
+                        plgpu.wgmma(acc_ref, a_smem.at[slot], b_smem.at[slot])
+                        plgpu.wgmma_wait(1)
+
+                        @pl.when(kk > 0)
+                        def _release():
+                            plgpu.barrier_arrive(empty.at[lax.rem(base + kk + (stages - 1), stages)])
+
+                        return acc_ref
+
+                    acc_ref = lax.fori_loop(0, k_iters, step, acc_ref)
+                    plgpu.barrier_arrive(turn.at[wg])
+                    plgpu.wgmma_wait(0)
+                    plgpu.barrier_arrive(empty.at[lax.rem(base + (k_iters - 1), stages)])
+                    return acc_ref[...]
+
+                acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), jnp.float32))
+                if b_gmem is not None:
+                    bias = plgpu.load(b_gmem.at[pl.ds(ni * tn, tn)], (), layout=plgpu.Layout.WGMMA.reduce(0),
+                                      optimized=False)
+                    acc = acc + lax.broadcast_in_dim(bias.astype(jnp.float32), (tm, tn), (1,))
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                for ei in range(tm // cfg.epi_m):
+                    for ej in range(tn // cfg.epi_n):
+                        slot = (ei * (tn // cfg.epi_n) + ej) % 2
+                        z = acc[ei * cfg.epi_m:(ei + 1) * cfg.epi_m, ej * cfg.epi_n:(ej + 1) * cfg.epi_n]
+                        y = gelu_f32(z).astype(out_dtype)
+                        plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                        out_smem[wg, slot] = y
+                        plgpu.commit_smem()
+                        plgpu.copy_smem_to_gmem(
+                            out_smem.at[wg, slot],
+                            out_gmem.at[pl.ds(mi * tm + ei * cfg.epi_m, cfg.epi_m),
+                                        pl.ds(ni * tn + ej * cfg.epi_n, cfg.epi_n)])
+
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
 def _num_sms() -> int:
     return int(getattr(jax.devices()[0], "core_count", 0) or 132)
 
@@ -301,7 +457,10 @@ def _fused(x, w, b, config: GemmConfig):
             b_ref = None
         else:
             b_ref, out_ref = rest
-        _body(x_ref, w_ref, b_ref, out_ref, cfg=config)
+        if config.schedule == "pingpong":
+            _body_pingpong(x_ref, w_ref, b_ref, out_ref, cfg=config, num_sms=_num_sms())
+        else:
+            _body(x_ref, w_ref, b_ref, out_ref, cfg=config)
 
     call = plgpu.kernel(body, out_type=jax.ShapeDtypeStruct((m, n), x.dtype), grid=(_num_sms(),),
                         grid_names=("sm",), num_threads=3, thread_name="wg",
@@ -336,11 +495,13 @@ _matmul_bias_gelu.defvjp(_fwd, _bwd)
 
 
 def matmul_bias_gelu(x: jax.Array, w: jax.Array, b: jax.Array | None = None,
-                     config: GemmConfig = DEFAULT_CONFIG) -> jax.Array:
+                     config: GemmConfig | None = None) -> jax.Array:
     """``gelu(x @ w + b)`` for ``x [M, K]``, ``w [K, N]`` (same 16-bit dtype) and ``b [N]`` (any
     float dtype, or None), returned in ``x.dtype``; exact-erf GELU applied to the float32
-    accumulator. Requires :func:`supported` (raises ``ValueError`` otherwise)."""
-    if not supported(x.shape, w.shape, x.dtype, config) or w.dtype != x.dtype:
+    accumulator. ``config`` None takes :func:`config_for`'s. Requires :func:`supported` (raises
+    ``ValueError`` otherwise)."""
+    config = config or config_for(x.shape, w.shape, x.dtype)
+    if config is None or not supported(x.shape, w.shape, x.dtype, config) or w.dtype != x.dtype:
         raise ValueError(f"matmul_bias_gelu: no fused kernel for x {x.shape} {x.dtype}, w {w.shape} {w.dtype} "
                          "on this device (see kernels.gemm_gelu.supported)")
     if b is not None and b.shape != (w.shape[1],):

@@ -1,9 +1,11 @@
 """Speed of ``gelu(x @ w + b)`` (exact GELU): glmjax's fused Hopper kernel vs the unfused paths.
 
-The NT-v1 feed-forward's first projection and its GELU, timed four ways in the same run on the
+The NT-v1 feed-forward's first projection and its GELU, timed four or five ways in the same run on the
 same operands (``x [M, K]`` and ``w [K, N]`` in bf16, a float32 bias):
 
-* ``fused``: ``glmjax.kernels.gemm_gelu.matmul_bias_gelu`` (GELU in the GEMM epilogue; Hopper only);
+* ``fused``: ``glmjax.kernels.gemm_gelu.matmul_bias_gelu`` (GELU in the GEMM epilogue; Hopper
+  only) with the configuration ``config_for`` picks, and ``fused_cooperative`` with the
+  cooperative schedule (``COOPERATIVE_CONFIG``) where that is not the one picked;
 * ``xla_unfused``: what glmjax compiles without the kernel (cuBLAS GEMM + bias, then the GELU
   table lookup as its own pass; Triton GEMMs off as for NT);
 * ``xla_gemm_only``: the GEMM + bias alone (the floor for any unfused path);
@@ -23,6 +25,8 @@ Prints one JSON object (also written to ``--out`` if given).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import platform
 import statistics
@@ -67,9 +71,13 @@ def run(args) -> dict:
         "xla_unfused": jax.jit(lambda x, w, b: gelu_erf(jnp.dot(x, w) + b.astype(x.dtype)), compiler_options=opts),
         "xla_gemm_only": jax.jit(lambda x, w, b: jnp.dot(x, w) + b.astype(x.dtype), compiler_options=opts),
     }
+    config = gemm_gelu.config_for(x.shape, w.shape, x.dtype)
     fused_ok = gemm_gelu.supported(x.shape, w.shape, x.dtype)
     if fused_ok:
-        sides["fused"] = jax.jit(gemm_gelu.matmul_bias_gelu)
+        sides["fused"] = jax.jit(functools.partial(gemm_gelu.matmul_bias_gelu, config=config))
+        coop = gemm_gelu.COOPERATIVE_CONFIG
+        if config != coop and gemm_gelu.supported(x.shape, w.shape, x.dtype, coop):
+            sides["fused_cooperative"] = jax.jit(functools.partial(gemm_gelu.matmul_bias_gelu, config=coop))
     calls = {name: (lambda f=f: f(x, w, b), jax.block_until_ready) for name, f in sides.items()}
     torch_info = None
     try:
@@ -106,7 +114,7 @@ def run(args) -> dict:
         "versions": {"python": platform.python_version(), "jax": jax.__version__},
         "torch": torch_info,
         "fused_kernel": fused_ok,
-        "config": vars(gemm_gelu.DEFAULT_CONFIG) if fused_ok else None,
+        "config": dataclasses.asdict(config) if fused_ok else None,
         "rounds": args.rounds, "iters": args.iters,
         "ms": ms, "ms_per_round": per_round,
         "tflops": {name: flops / (v * 1e-3) / 1e12 for name, v in ms.items()},
@@ -116,6 +124,8 @@ def run(args) -> dict:
         r = np.asarray(gemm_gelu.reference(x, w, b), np.float32)
         report["max_abs_diff_vs_reference"] = float(np.abs(y - r).max())
         report["speedup_vs_xla_unfused"] = ms["xla_unfused"] / ms["fused"]
+        if "fused_cooperative" in ms:
+            report["speedup_vs_cooperative"] = ms["fused_cooperative"] / ms["fused"]
         if "torch" in ms:
             report["speedup_vs_torch"] = ms["torch"] / ms["fused"]
     return report

@@ -8,6 +8,7 @@ gradients, and the NT model with the kernel against the model without it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -18,7 +19,7 @@ import scipy.special
 from conftest import rel_err
 from glmjax.kernels import gemm_gelu as gg
 
-HOPPER = gg.supported((256, 128), (128, 256), jnp.bfloat16)
+HOPPER = gg.supported((256, 640), (640, 256), jnp.bfloat16)
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="the Mosaic GPU kernel needs a Hopper (sm_90) GPU; "
                                   "elsewhere its formula, reference, backward pass and dispatch are tested")
 
@@ -106,21 +107,49 @@ def test_backward_pass_is_the_derivative_of_the_float32_function():
 
 def test_shape_rules():
     bf16 = jnp.bfloat16
-    assert gg._cta_block(gg.DEFAULT_CONFIG) == (128, 256)
-    assert gg._cta_block(gg.GemmConfig(tile_m=128, tile_n=128, tile_k=64, split="n")) == (128, 256)
+    coop = gg.COOPERATIVE_CONFIG
+    assert gg._cta_block(gg.DEFAULT_CONFIG) == (128, 128)  # ping-pong: one warpgroup's tile
+    assert gg._cta_block(coop) == (128, 256)
+    assert gg._cta_block(gg.GemmConfig(tile_m=128, tile_n=128, schedule="cooperative", split="n")) == (128, 256)
     assert gg.shapes_fit((64000, 1280), (1280, 5120), bf16)
     assert gg.shapes_fit((65000, 1280), (1280, 5120), jnp.float16)  # partial last row block
-    assert gg.shapes_fit((128, 128), (128, 256), bf16)
-    assert not gg.shapes_fit((127, 128), (128, 256), bf16)  # fewer rows than one block
-    assert not gg.shapes_fit((256, 1280), (1280, 5000), bf16)  # N not a multiple of 256
-    assert not gg.shapes_fit((256, 1000), (1000, 5120), bf16)  # K not a multiple of 128
+    assert gg.shapes_fit((128, 640), (640, 128), bf16)
+    assert not gg.shapes_fit((127, 640), (640, 128), bf16)  # fewer rows than one block
+    assert not gg.shapes_fit((256, 1280), (1280, 5000), bf16)  # N not a multiple of 128
+    assert not gg.shapes_fit((256, 1000), (1000, 5120), bf16)  # K not a multiple of 64
+    # ping-pong: K / tile_k a multiple of 2 * stages, so every tile uses each slot evenly
+    assert not gg.shapes_fit((256, 1024), (1024, 5120), bf16)  # 16 steps, 5 stages
+    assert gg.shapes_fit((256, 1024), (1024, 5120), bf16, dataclasses.replace(gg.DEFAULT_CONFIG, stages=4))
+    assert not gg.shapes_fit((256, 640), (640, 128), bf16, dataclasses.replace(gg.DEFAULT_CONFIG, stages=1))
+    assert gg.shapes_fit((256, 1024), (1024, 5120), bf16, coop)
     assert not gg.shapes_fit((256, 1280), (1280, 5120), jnp.float32)
     assert not gg.shapes_fit((256, 1280), (1024, 5120), bf16)
     assert not gg.shapes_fit((2, 128, 1280), (1280, 5120), bf16)
     with pytest.raises(ValueError, match="split"):
         gg.GemmConfig(split="k")
+    with pytest.raises(ValueError, match="schedule"):
+        gg.GemmConfig(schedule="stream-k")
     with pytest.raises(ValueError, match="epilogue tile"):
         gg.GemmConfig(epi_n=96)
+    with pytest.raises(ValueError, match="stages"):
+        gg.GemmConfig(stages=0)
+
+
+@pytest.mark.parametrize(("k", "n", "want"), [
+    (1280, 5120, ("pingpong", 5)),  # NT-v1-500M (20 steps of 64)
+    (2560, 10240, ("pingpong", 5)),  # NT-v1-2.5B
+    (1024, 4096, ("pingpong", 4)),
+    (768, 3072, ("pingpong", 3)),
+    (256, 1024, ("cooperative", 2)),  # 4 steps: no ping-pong depth divides them evenly
+    (256, 128, None),  # N fits neither the ping-pong (with K) nor the cooperative block
+    (1000, 4096, None),
+])
+def test_config_for_takes_the_deepest_pipeline_that_fits(k, n, want):
+    cfg = gg.config_for((4096, k), (k, n), jnp.bfloat16)
+    assert (None if cfg is None else (cfg.schedule, cfg.stages)) == want
+    if cfg is not None:
+        assert gg.shapes_fit((4096, k), (k, n), jnp.bfloat16, cfg)
+    assert gg.config_for((4096, k), (k, n), jnp.float32) is None
 
 
 def test_environment_switch(monkeypatch):
@@ -174,13 +203,15 @@ def test_dense_gelu_falls_back_where_the_kernel_cannot_run(monkeypatch):
 
 @pytest.mark.skipif(gg.plgpu is None, reason="this JAX build has no Pallas Mosaic GPU backend")
 @pytest.mark.parametrize(("m", "dtype", "bias"), [(64000, "bfloat16", True), (1000, "float16", False)])
-def test_kernel_lowers_for_cuda_with_the_installed_jax(m, dtype, bias):
+@pytest.mark.parametrize("schedule", ["pingpong", "cooperative"])
+def test_kernel_lowers_for_cuda_with_the_installed_jax(m, dtype, bias, schedule):
     """The kernel's use of Pallas' experimental Mosaic GPU API is valid for this JAX (lowering
     for CUDA needs no GPU): the guard against API changes that the runtime fallback would hide."""
     x = jax.ShapeDtypeStruct((m, 1280), jnp.dtype(dtype))
     w = jax.ShapeDtypeStruct((1280, 5120), jnp.dtype(dtype))
     b = jax.ShapeDtypeStruct((5120,), jnp.float32) if bias else None
-    text = gg._fused.trace(x, w, b, gg.DEFAULT_CONFIG).lower(lowering_platforms=("cuda",)).as_text()
+    cfg = gg.DEFAULT_CONFIG if schedule == "pingpong" else gg.COOPERATIVE_CONFIG
+    text = gg._fused.trace(x, w, b, cfg).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("mosaic_gpu") >= 1
 
 
@@ -206,14 +237,23 @@ def test_a_kernel_that_does_not_lower_falls_back_with_one_warning(monkeypatch):
 
 
 @needs_hopper
-@pytest.mark.parametrize("m", [128, 1000, 4160])  # one block; partial last blocks
+@pytest.mark.parametrize(("m", "k", "n", "schedule"), [
+    (128, 640, 512, "pingpong"),  # one row of tiles
+    (1000, 640, 512, "pingpong"),  # a partial last row; fewer tiles than SMs
+    (4160, 512, 1536, "pingpong"),  # 4 stages; three tiles per CTA on 132 SMs (warpgroups take turns)
+    (2000, 640, 2048, "pingpong"),  # one or two tiles per CTA
+    (128, 256, 512, "cooperative"),
+    (1000, 256, 512, "cooperative"),
+    (4160, 256, 512, "cooperative"),
+])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_kernel_is_one_rounding_of_the_exact_function(m, dtype, bias):
-    x, w, b = _operands(m, 256, 512, jnp.dtype(dtype), seed=m)
+def test_fused_kernel_is_one_rounding_of_the_exact_function(m, k, n, schedule, dtype, bias):
+    x, w, b = _operands(m, k, n, jnp.dtype(dtype), seed=m)
     b = b if bias else None
+    assert gg.config_for(x.shape, w.shape, x.dtype).schedule == schedule
     got = jax.jit(gg.matmul_bias_gelu)(x, w, b)
-    assert got.dtype == jnp.dtype(dtype) and got.shape == (m, 512)
+    assert got.dtype == jnp.dtype(dtype) and got.shape == (m, n)
     _assert_one_rounding(got, _exact(x, w, b), dtype)
     ref = np.asarray(gg.reference(x, w, b), np.float64)
     assert rel_err(got, ref) <= 2.0 ** -7
@@ -221,7 +261,7 @@ def test_fused_kernel_is_one_rounding_of_the_exact_function(m, dtype, bias):
 
 @needs_hopper
 def test_fused_kernel_gradients_match_the_reference():
-    x, w, b = _operands(512, 256, 512, seed=3)
+    x, w, b = _operands(512, 640, 512, seed=3)  # the ping-pong schedule
     g = jnp.asarray(np.random.default_rng(4).normal(size=(512, 512)), jnp.float32)
 
     def loss(fn):
@@ -240,7 +280,7 @@ def test_nt_model_with_the_fused_kernel_matches_the_unfused_model(monkeypatch):
     from glmjax.models.nt import NTConfig
 
     base = NTConfig.tiny().to_dict()
-    cfg = {**base, "hidden_size": 128, "num_heads": 4, "intermediate_size": 512}
+    cfg = {**base, "hidden_size": 640, "num_heads": 5, "intermediate_size": 2560}  # ping-pong fc1
     m32 = models.build("nt", NTConfig.from_dict(cfg), seed=1)
     m16 = models.build("nt", NTConfig.from_dict({**cfg, "dtype": "bfloat16"}), seed=1)
     rng = np.random.default_rng(0)
