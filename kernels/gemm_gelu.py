@@ -248,6 +248,27 @@ def _transforms(block_minor: int, dtype):
     return (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
 
 
+def _epilogue(acc, b_gmem, out_smem, out_gmem, row0, col0, cfg: GemmConfig):
+    """Bias and GELU on a warpgroup's float32 ``tile_m x tile_n`` accumulator, stored at
+    ``(row0, col0)`` through ``epi_m x epi_n`` tiles, alternating between the warpgroup's two
+    shared-memory slots ``out_smem``."""
+    tm, tn = acc.shape
+    if b_gmem is not None:
+        bias = plgpu.load(b_gmem.at[pl.ds(col0, tn)], (), layout=plgpu.Layout.WGMMA.reduce(0), optimized=False)
+        acc = acc + lax.broadcast_in_dim(bias.astype(jnp.float32), (tm, tn), (1,))
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    for ei in range(tm // cfg.epi_m):
+        for ej in range(tn // cfg.epi_n):
+            slot = (ei * (tn // cfg.epi_n) + ej) % 2
+            z = acc[ei * cfg.epi_m:(ei + 1) * cfg.epi_m, ej * cfg.epi_n:(ej + 1) * cfg.epi_n]
+            y = gelu_f32(z).astype(out_gmem.dtype)
+            plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+            out_smem[slot] = y
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(out_smem.at[slot], out_gmem.at[pl.ds(row0 + ei * cfg.epi_m, cfg.epi_m),
+                                                                 pl.ds(col0 + ej * cfg.epi_n, cfg.epi_n)])
+
+
 def _body(x_gmem, w_gmem, b_gmem, out_gmem, *, cfg: GemmConfig):
     """The cooperative schedule: Pallas' warp-specialised pipeline over K for each CTA block."""
     m, k = x_gmem.shape
@@ -292,24 +313,7 @@ def _body(x_gmem, w_gmem, b_gmem, out_gmem, *, cfg: GemmConfig):
                 @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, tn), jnp.float32))
                 def _acc(acc_ref):
                     run(acc_ref)
-                    acc = acc_ref[...]
-                    if b_gmem is not None:
-                        bias = plgpu.load(b_gmem.at[pl.ds(col0, tn)], (), layout=plgpu.Layout.WGMMA.reduce(0),
-                                          optimized=False)
-                        acc = acc + lax.broadcast_in_dim(bias.astype(jnp.float32), (tm, tn), (1,))
-                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                    for ei in range(tm // cfg.epi_m):
-                        for ej in range(tn // cfg.epi_n):
-                            slot = (ei * (tn // cfg.epi_n) + ej) % 2
-                            z = acc[ei * cfg.epi_m:(ei + 1) * cfg.epi_m, ej * cfg.epi_n:(ej + 1) * cfg.epi_n]
-                            y = gelu_f32(z).astype(out_dtype)
-                            plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-                            out_smem[wg, slot] = y
-                            plgpu.commit_smem()
-                            plgpu.copy_smem_to_gmem(
-                                out_smem.at[wg, slot],
-                                out_gmem.at[pl.ds(row0 + ei * cfg.epi_m, cfg.epi_m),
-                                            pl.ds(col0 + ej * cfg.epi_n, cfg.epi_n)])
+                    _epilogue(acc_ref[...], b_gmem, out_smem.at[wg], out_gmem, row0, col0, cfg)
 
             def step(_, x_smem, w_smem, acc_ref):
                 if by_m:
@@ -419,23 +423,7 @@ def _body_pingpong(x_gmem, w_gmem, b_gmem, out_gmem, *, cfg: GemmConfig, num_sms
                     return acc_ref[...]
 
                 acc = pl.run_scoped(mainloop, plgpu.ACC((tm, tn), jnp.float32))
-                if b_gmem is not None:
-                    bias = plgpu.load(b_gmem.at[pl.ds(ni * tn, tn)], (), layout=plgpu.Layout.WGMMA.reduce(0),
-                                      optimized=False)
-                    acc = acc + lax.broadcast_in_dim(bias.astype(jnp.float32), (tm, tn), (1,))
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                for ei in range(tm // cfg.epi_m):
-                    for ej in range(tn // cfg.epi_n):
-                        slot = (ei * (tn // cfg.epi_n) + ej) % 2
-                        z = acc[ei * cfg.epi_m:(ei + 1) * cfg.epi_m, ej * cfg.epi_n:(ej + 1) * cfg.epi_n]
-                        y = gelu_f32(z).astype(out_dtype)
-                        plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-                        out_smem[wg, slot] = y
-                        plgpu.commit_smem()
-                        plgpu.copy_smem_to_gmem(
-                            out_smem.at[wg, slot],
-                            out_gmem.at[pl.ds(mi * tm + ei * cfg.epi_m, cfg.epi_m),
-                                        pl.ds(ni * tn + ej * cfg.epi_n, cfg.epi_n)])
+                _epilogue(acc, b_gmem, out_smem.at[wg], out_gmem, mi * tm, ni * tn, cfg)
 
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
