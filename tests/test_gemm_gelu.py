@@ -1,9 +1,10 @@
 """``gelu(x @ w + b)`` fused into one Hopper kernel (kernels/gemm_gelu.py).
 
 Everywhere: the in-kernel GELU against float64, its derivative, the XLA reference, the backward
-pass, the shape rules and the dispatch (fallback, the environment switch, vmap). On a Hopper GPU
-also the kernel itself: full and partial row blocks, both 16-bit types, with and without bias,
-gradients, and the NT model with the kernel against the model without it.
+pass, the shape rules, the choice of configuration and the dispatch (fallback, the environment
+switch, vmap). On a Hopper GPU also the kernel itself, in both schedules: full and partial row
+blocks, one to three tiles per CTA, both 16-bit types, with and without bias, gradients, and the
+NT model with the kernel against the model without it.
 """
 
 from __future__ import annotations
