@@ -27,9 +27,10 @@ schedule), its margin set by the card's temperature; inside the model the forwar
 
 :func:`supported` says whether a call can take this path (a Hopper GPU, 16-bit operands, shapes
 that fit the tiles of the configuration :func:`config_for` picks); :func:`dense_gelu` takes it
-where it can and otherwise calls the caller's unfused function; :func:`matmul_bias_gelu` differentiates (the backward pass recomputes the
-pre-activation with XLA); :func:`reference` is the same function in XLA operations. The fused
-path is on by default; ``GLMJAX_FUSED_GELU=0`` turns it off.
+where it can and otherwise calls the caller's unfused function; :func:`matmul_bias_gelu`
+differentiates (the backward pass recomputes the pre-activation with XLA); :func:`reference` is
+the same function in XLA operations. The fused path is on by default; ``GLMJAX_FUSED_GELU=0``
+turns it off.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def dense_gelu(x: jax.Array, w: jax.Array, b: jax.Array | None, fallback) -> jax
     the fused kernel where :func:`supported` and :func:`enabled` (and not under ``vmap``), else
     ``fallback(x)``, the caller's unfused computation of the same function."""
     x2 = x.reshape(-1, x.shape[-1])
-    cfg = config_for(x2.shape, w.shape, x.dtype)
+    cfg = config_for(x2.shape, w.shape, x.dtype)  # None: no configuration fits these shapes
     if (enabled() and cfg is not None and w.dtype == x.dtype and supported(x2.shape, w.shape, x.dtype, cfg)
             and not _batched(x, w, b) and _lowers(x2.shape, w.shape, x.dtype, None if b is None else b.dtype, cfg)):
         return matmul_bias_gelu(x2, w, b, cfg).reshape(*x.shape[:-1], w.shape[1])

@@ -1,7 +1,7 @@
 """Speed of ``gelu(x @ w + b)`` (exact GELU): glmjax's fused Hopper kernel vs the unfused paths.
 
-The NT-v1 feed-forward's first projection and its GELU, timed four or five ways in the same run on the
-same operands (``x [M, K]`` and ``w [K, N]`` in bf16, a float32 bias):
+The NT-v1 feed-forward's first projection and its GELU, timed four or five ways in the same run
+on the same operands (``x [M, K]`` and ``w [K, N]`` in bf16, a float32 bias):
 
 * ``fused``: ``glmjax.kernels.gemm_gelu.matmul_bias_gelu`` (GELU in the GEMM epilogue; Hopper
   only) with the configuration ``config_for`` picks, and ``fused_cooperative`` with the
