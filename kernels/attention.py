@@ -75,3 +75,37 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
                                             implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=causal,
                                         implementation=impl)
+
+
+def prefix_shared_attention(q: jax.Array, k_prefix: jax.Array, v_prefix: jax.Array, k_suffix: jax.Array,
+                            v_suffix: jax.Array, suffix_valid: jax.Array, *, scale: float | None = None) -> jax.Array:
+    """One query per row attending to its prefix's keys (shared by all rows of that prefix) and to
+    the row's own suffix keys (cascade attention over a shared prefix).
+
+    Args:
+      q: ``[C, M, H, D]`` queries: ``M`` rows continuing each of ``C`` prefixes.
+      k_prefix, v_prefix: ``[C, T, KV, D]`` keys/values of the prefixes (read once per prefix, not
+        once per row); ``H`` must be a multiple of ``KV`` (grouped-query attention).
+      k_suffix, v_suffix: ``[C, M, S, KV, D]`` keys/values of each row's own suffix tokens.
+      suffix_valid: bool ``[C, M, S]``: the suffix slots a row attends to.
+      scale: logits scale (default ``D ** -0.5``).
+
+    Returns:
+      ``[C, M, H, D]`` in ``q``'s dtype; one softmax over the ``T + S`` keys of each row, taken in
+      float32 (equal to attention over the concatenated ``[prefix, suffix]`` keys).
+    """
+    c, m, h, d = q.shape
+    kv = k_prefix.shape[2]
+    g = h // kv
+    scale = d ** -0.5 if scale is None else scale
+    f32 = jnp.float32
+    qg = q.reshape(c, m, kv, g, d)
+    sp = jnp.einsum("cmkgd,ctkd->cmkgt", qg, k_prefix, preferred_element_type=f32) * scale
+    ss = jnp.einsum("cmkgd,cmskd->cmkgs", qg, k_suffix, preferred_element_type=f32) * scale
+    ss = jnp.where(suffix_valid[:, :, None, None, :], ss, -jnp.inf)
+    top = jnp.maximum(sp.max(axis=-1), ss.max(axis=-1))[..., None]
+    ep, es = jnp.exp(sp - top), jnp.exp(ss - top)
+    denom = ep.sum(axis=-1) + es.sum(axis=-1)
+    o = (jnp.einsum("cmkgt,ctkd->cmkgd", ep.astype(v_prefix.dtype), v_prefix, preferred_element_type=f32)
+         + jnp.einsum("cmkgs,cmskd->cmkgd", es.astype(v_suffix.dtype), v_suffix, preferred_element_type=f32))
+    return (o / denom[..., None]).reshape(c, m, h, d).astype(q.dtype)

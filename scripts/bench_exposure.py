@@ -39,7 +39,7 @@ from flax import nnx  # noqa: E402
 
 import glmjax  # noqa: E402
 import glmjax.models  # noqa: E402
-from glmjax.audit import enumerate as en  # noqa: E402
+from glmjax.audit import candidates as en  # noqa: E402
 from glmjax.audit.decoding import base_token_ids, causal_prefix_ids, index_to_codes  # noqa: E402
 
 PRESETS = {"hyenadna": "small-32k", "llama": "small", "gpt2": "small", "mamba": "tiny"}

@@ -1,26 +1,18 @@
-"""Shared plumbing of canary extraction and exact exposure: base tokens, prefixes, decoding steps.
+"""Shared plumbing of canary extraction and exact exposure: base tokens, prefixes, candidate codes
+(the decoding steps themselves are :class:`glmjax.models.decoding.CausalDecoder`).
 
 * :func:`base_token_ids`: the token ids of A C G T for a one-token-per-base tokenizer (causal
   families decode and enumerate one nucleotide per step).
 * :func:`causal_prefix_ids`: the token ids a causal model is conditioned on for a prefix: the
   tokenizer's leading specials (``[BOS]``) and the prefix bases, without trailing specials
   (HyenaDNA's ``[SEP]`` marks the end of a finished sequence, not a prefix).
-* :class:`CausalDecoder`: the family's ``prefill`` / ``decode_step`` as pure functions of
-  ``(params, ...)`` for ``jax.jit`` (split NNX state, ``nnx.merge`` inside), with a step-by-step
-  prefill for families that only implement ``init_cache`` + ``decode_step``.
 * :func:`token_strings`: the nucleotide string of every token id (masked families' constrained
   filling), from the tokenizer's vocabulary.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from glmjax import alphabet
 from glmjax.errors import CanaryError, ConfigError
@@ -89,66 +81,6 @@ def index_to_codes(index: np.ndarray | int, k: int) -> np.ndarray:
     idx = np.asarray(index, np.int64)
     shifts = 2 * np.arange(k - 1, -1, -1, dtype=np.int64)
     return ((idx[..., None] >> shifts) & 3).astype(np.uint8)
-
-
-@dataclass
-class CausalDecoder:
-    """A causal model's incremental decoding as pure functions (call them inside ``jax.jit``).
-
-    ``prefill(params, ids int32 [B, T], max_len) -> (logits float32 [B, V] after the last prefix
-    token, state at position T)`` and ``step(params, state, tokens int32 [B]) -> (logits float32
-    [B, V], state)``; ``params`` is the model's split NNX state (:attr:`params`).
-    """
-
-    graphdef: Any
-    params: Any
-    has_prefill: bool
-
-    @classmethod
-    def of(cls, model: Any) -> CausalDecoder:
-        """The decoder of a loaded causal model (:class:`glmjax.models.LoadedModel`)."""
-        if getattr(model, "objective", "causal") != "causal":
-            raise ConfigError(f"model family {model.family!r} is a masked LM; incremental decoding needs a "
-                              "causal family")
-        mod = model.module
-        for name in ("init_cache", "decode_step"):
-            if not callable(getattr(mod, name, None)):
-                raise ConfigError(f"model family {model.family!r} has no {name}(); it cannot decode incrementally")
-        graphdef, params = nnx.split(mod)
-        return cls(graphdef, params, callable(getattr(mod, "prefill", None)))
-
-    def step(self, params: Any, state: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
-        """One decoding step for every row: logits float32 ``[B, V]`` and the advanced state."""
-        m = nnx.merge(self.graphdef, params)
-        logits, state = m.decode_step(state, tokens.astype(jnp.int32))
-        return logits.astype(jnp.float32), state
-
-    def prefill(self, params: Any, ids: jax.Array, max_len: int) -> tuple[jax.Array, Any]:
-        """Condition on prefixes ``ids [B, T]`` (no padding): last-position logits ``[B, V]`` and
-        the state at position ``T`` with room for ``max_len`` tokens in all."""
-        m = nnx.merge(self.graphdef, params)
-        ids = ids.astype(jnp.int32)
-        if self.has_prefill:
-            logits, state = m.prefill(ids, max_len)
-            return logits[:, -1].astype(jnp.float32), state
-        state = m.init_cache(ids.shape[0], max_len)
-
-        def body(st, tok):
-            lg, st = m.decode_step(st, tok)
-            return st, lg.astype(jnp.float32)
-
-        state, logits = jax.lax.scan(body, state, ids.T)
-        return logits[-1], state
-
-
-def state_bytes_per_row(state: Any) -> int:
-    """Bytes of one row of a decoding-state pytree (batch on axis 0 of every leaf)."""
-    total = 0
-    for leaf in jax.tree_util.tree_leaves(state):
-        shape = leaf.shape
-        per = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        total += per * jnp.dtype(leaf.dtype).itemsize
-    return total
 
 
 def token_strings(tokenizer: Tokenizer) -> list[str | None]:

@@ -36,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmjax import alphabet
+from glmjax import alphabet, jitcache
 from glmjax.audit.decoding import (
     BASES,
-    CausalDecoder,
     as_codes,
     base_token_ids,
     causal_prefix_ids,
@@ -47,6 +46,7 @@ from glmjax.audit.decoding import (
 )
 from glmjax.errors import CanaryError, ConfigError
 from glmjax.kernels import trie
+from glmjax.models.decoding import CausalDecoder
 
 METHODS = ("greedy", "beam", "fill")
 
@@ -174,7 +174,8 @@ def manifest_entries(manifest: dict[str, Any], roles: Iterable[str] = ("canary",
 
 def beam_search(dec: CausalDecoder, params: Any, ids: jax.Array, base_ids: jax.Array, width: int,
                 k: int) -> tuple[jax.Array, jax.Array]:
-    """Beam search over the four bases (call inside ``jax.jit``).
+    """Beam search over the four bases (call inside ``jax.jit``), through the shared-prefix
+    decoder: each prefix is prefilled once and its ``W`` beams hold only their own suffix state.
 
     Args:
       dec: the model's decoder.
@@ -188,11 +189,10 @@ def beam_search(dec: CausalDecoder, params: Any, ids: jax.Array, base_ids: jax.A
       ``(seqs int32 [B, W, k], scores float32 [B, W])``: base indices (A=0 .. T=3) of the beams,
       best first, and their summed log p (``-inf`` for beams beyond the ``4^k`` that exist).
     """
-    b, t = ids.shape
-    logits, state = dec.prefill(params, ids, t + k)
+    b, _ = ids.shape
+    logits, shared, state = dec.prefix(params, ids, k)
     lp4 = trie.base_log_probs(logits, base_ids)                                   # [B, 4]
-    rows = jnp.repeat(jnp.arange(b), width)
-    state = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), state)
+    state = jax.tree.map(lambda x: jnp.repeat(x, width, axis=1), state)           # [B, W, ...]
     lp4 = jnp.repeat(lp4[:, None], width, axis=1)                                 # [B, W, 4]
     # only beam 0 is alive at the start, so the first expansion yields 4 distinct candidates
     score = jnp.full((b, width), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
@@ -205,10 +205,9 @@ def beam_search(dec: CausalDecoder, params: Any, ids: jax.Array, base_ids: jax.A
         parent, base = idx // 4, idx % 4
         seqs = jnp.take_along_axis(seqs, parent[:, :, None], axis=1)
         seqs = jax.lax.dynamic_update_slice_in_dim(seqs, base[:, :, None].astype(jnp.int32), step, axis=2)
-        flat = (jnp.arange(b)[:, None] * width + parent).reshape(-1)
-        state = jax.tree.map(lambda x: jnp.take(x, flat, axis=0), state)
-        logits, state = dec.step(params, state, base_ids[base.reshape(-1)])
-        lp4 = trie.base_log_probs(logits, base_ids).reshape(b, width, 4)
+        state = jax.tree.map(lambda x: jax.vmap(lambda xs, ps: jnp.take(xs, ps, axis=0))(x, parent), state)
+        logits, state = dec.suffix_step(params, shared, state, base_ids[base])
+        lp4 = trie.base_log_probs(logits, base_ids)                               # [B, W, 4]
         return (state, top, seqs, lp4), None
 
     (_, score, seqs, _), _ = jax.lax.scan(body, (state, score, seqs, lp4), jnp.arange(k))
@@ -221,20 +220,14 @@ def _padded_rows(n: int, batch_size: int) -> int:
     return max(n, min(1 << (n - 1).bit_length(), batch_size))
 
 
-_BEAMS: dict[tuple[Any, int, int], Any] = {}
-
-
 def _beam_fn(dec: CausalDecoder, width: int, k: int) -> Any:
     """Jitted ``(params, ids [B, T], base_ids [4]) -> (seqs, scores)`` for one ``(W, k)``."""
-    key = (dec.graphdef, width, k)
-    hit = _BEAMS.get(key)
-    if hit is None:
-        hit = _BEAMS[key] = jax.jit(lambda params, ids, base: beam_search(dec, params, ids, base, width, k))
-    return hit
+    return jitcache.cached(("beam", dec.key, width, k), lambda: jax.jit(
+        lambda params, ids, base: beam_search(dec, params, ids, base, width, k)))
 
 
 def decode_secrets(model: Any, prefixes: Sequence[str | np.ndarray], k: int, width: int = 1,
-                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int = 64, share_prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Beam-search completions of ``k`` nucleotides for each prefix under a causal model.
 
     Prefixes are grouped by token length and decoded ``batch_size`` at a time (the last batch of a
@@ -247,7 +240,7 @@ def decode_secrets(model: Any, prefixes: Sequence[str | np.ndarray], k: int, wid
         raise ConfigError(f"beam width must be >= 1 (got {width})")
     if k < 1:
         raise ConfigError(f"secret length must be >= 1 (got {k})")
-    dec = CausalDecoder.of(model)
+    dec = CausalDecoder.of(model, share_prefix=share_prefix)
     base = jnp.asarray(base_token_ids(model.tokenizer))
     fn = _beam_fn(dec, int(width), int(k))
     encoded = [causal_prefix_ids(model.tokenizer, as_codes(p)) for p in prefixes]
@@ -315,19 +308,15 @@ def fill_masks(forward: Any, ids: jax.Array, attention_mask: jax.Array, position
     return jnp.take_along_axis(cur, positions, axis=1), order, got
 
 
-_FILLS: dict[tuple[Any, int], Any] = {}
-
-
 def _fill_fn(graphdef: Any, mask_id: int) -> Any:
-    key = (graphdef, mask_id)
-    hit = _FILLS.get(key)
-    if hit is None:
+    def make():
         def run(params, ids, att, positions, allowed):
             module = nnx.merge(graphdef, params)
             return fill_masks(module, ids, att, positions, allowed, mask_id)
 
-        hit = _FILLS[key] = jax.jit(run)
-    return hit
+        return jax.jit(run)
+
+    return jitcache.cached(("fill", graphdef, mask_id), make)
 
 
 @dataclass

@@ -273,7 +273,7 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
         layout = _canary_store(sdir / "canaries_input.h5", entries, sampled)
         css = _score(target, sdir / "canaries_input.h5", sdir / "canaries.h5", opts)
         c_lppl = log_perplexity(np.asarray(css.column("sum_logp")), np.asarray(css.column("n_tokens")))
-        from glmjax.audit import enumerate as EN
+        from glmjax.audit import candidates as EN
         from glmjax.audit import extraction as EX
 
         methods = opts.extraction or (("greedy", "beam") if target.objective == "causal" else ("fill",))

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from glmjax.errors import ConfigError
-from glmjax.kernels.attention import attention
+from glmjax.kernels.attention import attention, prefix_shared_attention
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import (
@@ -37,8 +37,11 @@ from glmjax.models.layers import (
     check_dtype,
     embed,
     init_kv_cache,
+    init_suffix_kv,
     linear,
     lm_logits,
+    suffix_valid,
+    suffix_write,
 )
 from glmjax.tokenizers import Tokenizer, causal_char_tokenizer
 
@@ -178,6 +181,16 @@ class GPT2Attention(nnx.Module):
                       implementation="xla")
         return self.c_proj(o.reshape(b, 1, -1)), k_cache, v_cache
 
+    def step_shared(self, x, k_prefix, v_prefix, k_suffix, v_suffix, pos):
+        """One token per row, rows ``[C, M]`` continuing ``C`` prefixes: x [C, M, d], suffix slot
+        pos [C, M] -> (y [C, M, d], k_suffix, v_suffix); see :func:`prefix_shared_attention`."""
+        q, k, v = self._qkv(x)
+        k_suffix = suffix_write(k_suffix, k, pos)
+        v_suffix = suffix_write(v_suffix, v, pos)
+        o = prefix_shared_attention(q, k_prefix, v_prefix, k_suffix, v_suffix,
+                                    suffix_valid(pos, k_suffix.shape[2]), scale=self.scale)
+        return self.c_proj(o.reshape(*x.shape[:2], -1)), k_suffix, v_suffix
+
 
 class GPT2MLP(nnx.Module):
     """``c_proj(act(c_fc(x)))``."""
@@ -211,6 +224,11 @@ class GPT2Block(nnx.Module):
         a, k_cache, v_cache = self.attn.step(self.ln_1(x), k_cache, v_cache, pos)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k_cache, v_cache
+
+    def step_shared(self, x, k_prefix, v_prefix, k_suffix, v_suffix, pos):
+        a, k_suffix, v_suffix = self.attn.step_shared(self.ln_1(x), k_prefix, v_prefix, k_suffix, v_suffix, pos)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), k_suffix, v_suffix
 
 
 class GPT2(nnx.Module):
@@ -281,6 +299,31 @@ class GPT2(nnx.Module):
             ks.append(kc)
             vs.append(vc)
         return self._head(x)[:, 0], {"pos": pos + 1, "k": tuple(ks), "v": tuple(vs)}
+
+    @float32_matmuls
+    def prefix_state(self, input_ids: jax.Array, suffix_len: int) -> tuple[jax.Array, dict, dict]:
+        """Shared-prefix decoding (:mod:`glmjax.models.decoding`): prefixes int [C, T] (no padding)
+        -> (logits float32 [C, T, V], the prefixes' keys/values, empty suffix caches of
+        ``suffix_len`` slots)."""
+        c = self.config
+        self._check_len(input_ids.shape[1] + suffix_len)
+        logits, ks, vs = self._forward(input_ids, None)
+        state = init_suffix_kv(input_ids.shape[0], suffix_len, c.n_layer, c.n_head, c.head_dim, c.dtype)
+        return logits, {"k": tuple(ks), "v": tuple(vs)}, state
+
+    @float32_matmuls
+    def suffix_step(self, shared: dict, state: dict, token_ids: jax.Array) -> tuple[jax.Array, dict]:
+        """One token per row (int [C, M]) after the shared prefixes and each row's suffix:
+        (logits float32 [C, M, V], advanced row state)."""
+        pos = state["pos"]
+        t = shared["k"][0].shape[1]
+        x = self.wte(token_ids) + self.wpe(pos + t)
+        ks, vs = [], []
+        for block, kp, vp, kc, vc in zip(self.h, shared["k"], shared["v"], state["k"], state["v"], strict=True):
+            x, kc, vc = block.step_shared(x, kp, vp, kc, vc, pos)
+            ks.append(kc)
+            vs.append(vc)
+        return self._head(x), {"pos": pos + 1, "k": tuple(ks), "v": tuple(vs)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -430,32 +430,97 @@ class HyenaDNA(nnx.Module):
 
         Stepping past the cache's ``max_len`` is not supported (the new input is dropped).
         """
-        cfg = self.config
-        d = cfg.d_model
         pos = cache["pos"]
         max_len = cache["hist"][0].shape[1]
         if filters is None:
             filters = self.decode_filters(max_len)
-        rows = jnp.arange(token_ids.shape[0])
-        # window[b, s] = k[pos_b - s] for s <= pos_b, 0 after (reads the zero half of the filter)
-        starts = max_len - 1 - pos
         x = self.embed(token_ids.astype(jnp.int32)).astype(jnp.float32)
+        x, conv, hist = self._step_layers(x, cache["conv"], cache["hist"], filters, pos)
+        return self._head(x), {"pos": pos + 1, "conv": conv, "hist": hist}
+
+    def _step_layers(self, x: jax.Array, convs: tuple, hists: tuple, filters: tuple, slot: jax.Array,
+                     extra: tuple | None = None) -> tuple[jax.Array, tuple, tuple]:
+        """The blocks of one decoding step over ``N`` rows: float32 ``x [N, d]``, per layer the
+        short-filter history ``[N, 2, 3d]``, the long-convolution history ``[N, S, d]`` (the new
+        gated input is written at ``slot [N]``), the time-reversed filter of :meth:`decode_filters`
+        and optionally ``extra [N, d]``: the convolution output the history does not cover (the
+        shared prefix's part). Returns ``(x, convs, hists)``."""
+        d = self.config.d_model
+        max_len = hists[0].shape[1]
+        rows = jnp.arange(x.shape[0])
+        # window[b, s] = k[slot_b - s] for s <= slot_b, 0 after (reads the zero half of the filter)
+        starts = max_len - 1 - slot
         new_conv, new_hist = [], []
-        for layer, conv, hist, kpad in zip(self.layers, cache["conv"], cache["hist"], filters, strict=True):
+        for i, (layer, conv, hist, kpad) in enumerate(zip(self.layers, convs, hists, filters, strict=True)):
             mixer = layer.mixer
             u = mixer.in_proj(layer.norm1(x))
             uc = mixer.short_filter.step(conv, u)
             x0, x1, v = uc[..., :d], uc[..., d:2 * d], uc[..., 2 * d:]
             v = v * x1
-            hist = hist.at[rows, pos].set(v.astype(hist.dtype), mode="drop")
+            hist = hist.at[rows, slot].set(v.astype(hist.dtype), mode="drop")
             window = jax.vmap(lambda s, kp=kpad: jax.lax.dynamic_slice_in_dim(kp, s, max_len, axis=0))(starts)
-            y = causal_conv_step(hist, window, v, mixer.filter_fn.bias.value).astype(u.dtype)
+            y = causal_conv_step(hist, window, v, mixer.filter_fn.bias.value)
+            if extra is not None:
+                y = y + extra[i]
+            y = y.astype(u.dtype)
             r = x + mixer.out_proj(y * x0).astype(jnp.float32)
             x = r + layer.mlp(layer.norm2(r)).astype(jnp.float32)
             new_conv.append(jnp.concatenate([conv[:, 1:], u[:, None].astype(conv.dtype)], axis=1))
             new_hist.append(hist)
-        logits = self._head(x)
-        return logits, {"pos": pos + 1, "conv": tuple(new_conv), "hist": tuple(new_hist)}
+        return x, tuple(new_conv), tuple(new_hist)
+
+    @float32_matmuls
+    def prefix_state(self, input_ids: jax.Array, suffix_len: int) -> tuple[jax.Array, dict, dict]:
+        """Shared-prefix decoding (:mod:`glmjax.models.decoding`) over prefixes int ``[C, T]``.
+
+        Returns (float32 logits ``[C, T, V_pad]``, shared, row state). ``shared["prefix_conv"]``
+        holds per layer float32 ``[C, S, d]``: the long convolution of the prefix's gated inputs
+        at the ``S = suffix_len`` positions after it (an FFT convolution of the zero-padded
+        prefix), so a row's history holds only its own suffix. The row state is the prefix's
+        short-filter history and an empty ``[C, S, d]`` suffix history.
+        """
+        cfg = self.config
+        c, t = input_ids.shape
+        s = max(int(suffix_len), 1)
+        self._check_length(t + s)
+        logits, aux = self._forward(input_ids)
+        width = cfg.short_filter_order - 1
+        cdt = cfg.compute_dtype
+        pre, conv = [], []
+        for layer, (u, v) in zip(self.layers, aux, strict=True):
+            padded = jnp.pad(v.astype(jnp.float32), ((0, 0), (0, s), (0, 0)))
+            # v is zero after the prefix, so the skip term adds nothing there
+            y = fftconv(padded, layer.mixer.filter_fn(t + s), out_dtype=jnp.float32)
+            pre.append(y[:, t:])
+            tail = jnp.concatenate([jnp.zeros((c, width, 3 * cfg.d_model), cdt), u.astype(cdt)], axis=1)
+            conv.append(tail[:, -width:])
+        state = {"pos": jnp.zeros((c,), jnp.int32), "conv": tuple(conv),
+                 "hist": tuple(jnp.zeros((c, s, cfg.d_model), cdt) for _ in range(cfg.n_layer))}
+        return logits, {"prefix_conv": tuple(pre)}, state
+
+    @float32_matmuls
+    def suffix_step(self, shared: dict, state: dict, token_ids: jax.Array) -> tuple[jax.Array, dict]:
+        """One token per row (int ``[C, M]``) after the shared prefixes and each row's suffix:
+        (float32 logits ``[C, M, V_pad]``, advanced row state)."""
+        c, m = token_ids.shape
+        pos = state["pos"]
+        s = state["hist"][0].shape[2]
+
+        def flat(a):
+            return a.reshape(c * m, *a.shape[2:])
+
+        # the prefix's convolution output at this row's position: prefix_conv[c, pos[c, m]]
+        extra = tuple(flat(jnp.take_along_axis(p[:, None], pos[:, :, None, None], axis=2)[:, :, 0])
+                      for p in shared["prefix_conv"])
+        x = self.embed(flat(token_ids)).astype(jnp.float32)
+        x, conv, hist = self._step_layers(x, tuple(map(flat, state["conv"])), tuple(map(flat, state["hist"])),
+                                          self.decode_filters(s), flat(pos), extra)
+
+        def unflat(a):
+            return a.reshape(c, m, *a.shape[1:])
+
+        return unflat(self._head(x)), {"pos": pos + 1, "conv": tuple(map(unflat, conv)),
+                                       "hist": tuple(map(unflat, hist))}
 
     @float32_matmuls
     def prefill(self, input_ids: jax.Array, max_len: int) -> tuple[jax.Array, dict]:

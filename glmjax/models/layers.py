@@ -277,3 +277,30 @@ def cache_from_prefill(ks: list[jax.Array], vs: list[jax.Array], max_len: int) -
     return {"pos": jnp.full((b,), t, jnp.int32),
             "k": tuple(jnp.pad(k, pad) for k in ks),
             "v": tuple(jnp.pad(v, pad) for v in vs)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared-prefix decoding (see glmjax.models.decoding): prefix keys/values once per prefix, a
+# suffix cache per row
+
+def init_suffix_kv(prefixes: int, suffix_len: int, num_layers: int, kv_heads: int, head_dim: int,
+                   dtype: str) -> dict:
+    """Row state of shared-prefix decoding: ``{"pos": int32 [C] (suffix tokens so far), "k"/"v":
+    per layer [C, S, KV, D]}`` (zeros), one row per prefix."""
+    shape = (prefixes, max(int(suffix_len), 1), kv_heads, head_dim)
+    dt = jnp.dtype(dtype)
+    return {"pos": jnp.zeros((prefixes,), jnp.int32),
+            "k": tuple(jnp.zeros(shape, dt) for _ in range(num_layers)),
+            "v": tuple(jnp.zeros(shape, dt) for _ in range(num_layers))}
+
+
+def suffix_write(buf: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
+    """Write ``new [C, M, KV, D]`` into the suffix caches ``buf [C, M, S, KV, D]`` at slots
+    ``pos [C, M]`` (a select, so it fuses with the gather that made the rows)."""
+    hit = jnp.arange(buf.shape[2], dtype=jnp.int32)[None, None, :] == pos[..., None]
+    return jnp.where(hit[..., None, None], new[:, :, None].astype(buf.dtype), buf)
+
+
+def suffix_valid(pos: jax.Array, suffix_len: int) -> jax.Array:
+    """bool ``[C, M, S]``: the suffix slots ``<= pos`` a row's token attends to."""
+    return jnp.arange(suffix_len, dtype=jnp.int32)[None, None, :] <= pos[..., None]

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from glmjax.errors import ConfigError
-from glmjax.kernels.attention import attention
+from glmjax.kernels.attention import attention, prefix_shared_attention
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import (
@@ -40,10 +40,13 @@ from glmjax.models.layers import (
     check_dtype,
     embed,
     init_kv_cache,
+    init_suffix_kv,
     linear,
     lm_logits,
     rope_cos_sin,
     rope_inv_freq,
+    suffix_valid,
+    suffix_write,
 )
 from glmjax.tokenizers import Tokenizer, causal_char_tokenizer
 
@@ -216,6 +219,16 @@ class LlamaAttention(nnx.Module):
         o = attention(q, k_cache, v_cache, key_mask=cache_key_mask(pos, k_cache.shape[1]), implementation="xla")
         return self.o_proj(o.reshape(b, 1, -1)), k_cache, v_cache
 
+    def step_shared(self, x, cos, sin, k_prefix, v_prefix, k_suffix, v_suffix, pos):
+        """One token per row, rows ``[C, M]`` continuing ``C`` prefixes: x [C, M, d], suffix slot
+        pos [C, M] -> (y [C, M, d], k_suffix, v_suffix); see :func:`prefix_shared_attention`."""
+        q, k, v = self._qkv(x, cos, sin)
+        k_suffix = suffix_write(k_suffix, k, pos)
+        v_suffix = suffix_write(v_suffix, v, pos)
+        o = prefix_shared_attention(q, k_prefix, v_prefix, k_suffix, v_suffix,
+                                    suffix_valid(pos, k_suffix.shape[2]))
+        return self.o_proj(o.reshape(*x.shape[:2], -1)), k_suffix, v_suffix
+
 
 class LlamaMLP(nnx.Module):
     """SwiGLU feed-forward: ``down_proj(act(gate_proj(x)) * up_proj(x))``."""
@@ -249,6 +262,12 @@ class LlamaDecoderLayer(nnx.Module):
         a, k_cache, v_cache = self.self_attn.step(self.input_layernorm(x), cos, sin, k_cache, v_cache, pos)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
+
+    def step_shared(self, x, cos, sin, k_prefix, v_prefix, k_suffix, v_suffix, pos):
+        a, k_suffix, v_suffix = self.self_attn.step_shared(self.input_layernorm(x), cos, sin, k_prefix, v_prefix,
+                                                           k_suffix, v_suffix, pos)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), k_suffix, v_suffix
 
 
 class Llama(nnx.Module):
@@ -314,6 +333,33 @@ class Llama(nnx.Module):
             ks.append(kc)
             vs.append(vc)
         return self._head(x)[:, 0], {"pos": pos + 1, "k": tuple(ks), "v": tuple(vs)}
+
+    @float32_matmuls
+    def prefix_state(self, input_ids: jax.Array, suffix_len: int) -> tuple[jax.Array, dict, dict]:
+        """Shared-prefix decoding (:mod:`glmjax.models.decoding`): prefixes int [C, T] (no padding)
+        -> (logits float32 [C, T, V], the prefixes' keys/values, empty suffix caches of
+        ``suffix_len`` slots)."""
+        c = self.config
+        logits, ks, vs = self._forward(input_ids, None)
+        state = init_suffix_kv(input_ids.shape[0], suffix_len, c.num_hidden_layers, c.kv_heads, c.head_size,
+                               c.dtype)
+        return logits, {"k": tuple(ks), "v": tuple(vs)}, state
+
+    @float32_matmuls
+    def suffix_step(self, shared: dict, state: dict, token_ids: jax.Array) -> tuple[jax.Array, dict]:
+        """One token per row (int [C, M]) after the shared prefixes and each row's suffix:
+        (logits float32 [C, M, V], advanced row state)."""
+        pos = state["pos"]
+        t = shared["k"][0].shape[1]
+        x = self.embed_tokens(token_ids)
+        cos, sin = rope_cos_sin(pos + t, self.config.inv_freq())
+        ks, vs = [], []
+        for layer, kp, vp, kc, vc in zip(self.layers, shared["k"], shared["v"], state["k"], state["v"],
+                                         strict=True):
+            x, kc, vc = layer.step_shared(x, cos, sin, kp, vp, kc, vc, pos)
+            ks.append(kc)
+            vs.append(vc)
+        return self._head(x), {"pos": pos + 1, "k": tuple(ks), "v": tuple(vs)}
 
 
 # ---------------------------------------------------------------------------------------------

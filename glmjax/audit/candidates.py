@@ -5,15 +5,17 @@ nucleotides is ``log2 |R| - log2 rank``, ``R`` the ``4^k`` candidate secrets and
 position of the true secret when candidates are sorted by the model's likelihood given the
 canary's prefix (rank 1 = most likely, so exposure ranges from 0 to ``2k`` bits).
 
-Causal families (:func:`causal_candidate_logprobs`): ``log p(secret | prefix)`` of every candidate
-from a walk of the candidate trie with the family's incremental decoding step
-(:mod:`glmjax.kernels.trie`): the prefix is prefilled once; each trie level extends its parents by
-one base in one batched ``decode_step`` over the children (parent states gathered by index); the
-last level reads its log p off the parents' distributions. That is ``(4^k - 4) / 3`` one-token
-steps instead of ``4^k`` forward passes over prefix + secret. Memory is bounded: once a level
-would hold more than ``block`` nodes, its parents are expanded ``block / 4`` at a time,
-depth-first, with ``block`` the largest power of two whose decoding states along the deepest
-path of the walk fit ``memory_limit`` bytes (default 2 GB).
+Causal families (:func:`causal_candidate_logprobs_many`): ``log p(secret | prefix)`` of every
+candidate from a walk of the candidate trie with the family's shared-prefix decoding step
+(:mod:`glmjax.kernels.trie`, :mod:`glmjax.models.decoding`). Canaries with the same secret length
+and prefix token length are walked together, ``C`` canaries per device call (spread over all local
+devices); each prefix is prefilled once and its keys/values (or long-convolution output) are read by
+all its trie nodes, while a node's state holds only its own suffix. Each trie level extends its
+parents by one base in one batched step; the last level reads its log p off the parents'
+distributions: ``(4^k - 4) / 3`` one-token steps per canary instead of ``4^k`` forward passes over
+prefix + secret. Memory is bounded: once a level would hold more than ``block`` nodes, its parents
+are expanded ``block / 4`` at a time, depth-first, with ``block`` the largest power of two whose
+node states along the deepest path of the walk fit ``memory_limit`` bytes (default 2 GB).
 
 Masked families (:func:`masked_candidate_pll`): a masked LM defines no likelihood of the secret
 given the prefix; each candidate ``prefix + secret`` is scored by the pseudo-log-likelihood of
@@ -28,6 +30,7 @@ most significant (:func:`glmjax.audit.decoding.codes_to_index`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,32 +38,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glmjax import jitcache
 from glmjax.audit.decoding import (
-    CausalDecoder,
     as_codes,
     base_token_ids,
     causal_prefix_ids,
     codes_to_index,
     index_to_codes,
-    state_bytes_per_row,
     token_strings,
 )
 from glmjax.errors import CanaryError, ConfigError
 from glmjax.kernels import trie
+from glmjax.models.decoding import CausalDecoder, state_bytes_per_row, tree_bytes
 from glmjax.tokenizers import CharTokenizer, KmerTokenizer
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3
 MAX_BLOCK = 1 << 16
+MAX_ROWS = 1 << 16  # canaries x block rows per device call
 MAX_K = 16
 CANDIDATE_CHUNK = 4096  # masked-LM candidates tokenized at a time (bounds host memory)
 
 
 @dataclass
 class TrieStats:
-    """What a trie walk did: ``decode_rows`` single-token steps computed (rows of decode_step,
-    padding of the top levels included; the trie itself needs ``(4^k - 4) / 3``), ``block``
-    (largest level block), ``bytes_per_node`` (decoding state of one node), ``calls`` (jitted
-    expansions), ``seconds`` (wall time, including compilation)."""
+    """What a trie walk did: ``decode_rows`` single-token steps computed (rows of the decoding
+    step over all canaries and calls, padding of the top levels and of the last canary batch
+    included; the trie itself needs ``(4^k - 4) / 3`` per canary), ``block`` (largest level block
+    per canary), ``canaries_per_call`` (most canaries walked in the same calls), ``bytes_per_node``
+    (row state of one node), ``shared_bytes`` (state read by all nodes of one canary; the largest
+    over prefix-length groups), ``calls``
+    (jitted expansions), ``seconds`` (wall time, including compilation), ``shared_prefix`` (the
+    family's prefix sharing was used)."""
 
     k: int
     decode_rows: int
@@ -68,6 +76,10 @@ class TrieStats:
     bytes_per_node: int
     calls: int
     seconds: float
+    canaries: int = 1
+    canaries_per_call: int = 1
+    shared_bytes: int = 0
+    shared_prefix: bool = False
 
 
 def choose_block(k: int, bytes_per_node: int, memory_limit: int, vocab: int) -> int:
@@ -82,16 +94,49 @@ def choose_block(k: int, bytes_per_node: int, memory_limit: int, vocab: int) -> 
     return block
 
 
-class _Walker:
-    """Depth-first, block-bounded walk of the candidate trie of one prefix.
+def choose_canaries_per_call(k: int, block: int, bytes_per_node: int, shared_bytes: int, memory_limit: int,
+                             vocab: int, n: int, devices: int = 1) -> int:
+    """Canaries walked in the same calls: a power of two (times ``devices``) with at most
+    :data:`MAX_ROWS` rows per device and call, every canary's walk (``block``-row levels along the
+    depth-first path, its shared prefix state) within ``memory_limit`` bytes per device, and no
+    more than the ``n`` canaries there are (rounded up to fill the devices)."""
+    per_canary = trie.live_nodes(max(k - 1, 1), block) * (bytes_per_node + 3 * 4 * vocab) + shared_bytes
+    cap = max(1, min(MAX_ROWS // block, memory_limit // max(per_canary, 1)))
+    c = 1
+    while c * 2 <= cap and c * devices < n:
+        c *= 2
+    return c * devices
 
-    Every level array has ``block`` rows so that the level and leaf expansions compile once:
+
+def count_calls(k: int, block: int) -> int:
+    """Jitted expansions of one walk of depth ``k`` with level block ``block`` (same walk as
+    :class:`_Walker`; 0 for ``k == 1``)."""
+    if k == 1:
+        return 0
+    size = block // 4
+
+    def walk(depth: int, valid: int) -> int:
+        calls = 0
+        for start in range(0, valid, size):
+            real = min(size, valid - start)
+            calls += 1 if depth == k - 2 else 1 + walk(depth + 1, 4 * real)
+        return calls
+
+    # every block of a level below the top has the same shape: count one subtree per full block
+    return walk(0, 1)
+
+
+class _Walker:
+    """Depth-first, block-bounded walk of the candidate tries of ``C`` canaries at once.
+
+    Every level array has ``[C, block]`` rows so that the level and leaf expansions compile once:
     levels with fewer nodes (the top of the trie) keep their ``valid`` nodes in the first rows and
     fill the rest with copies of real states, whose children are computed and ignored.
     """
 
-    def __init__(self, dec: CausalDecoder, base_ids: np.ndarray, k: int, block: int):
-        self.dec = dec
+    def __init__(self, dec: CausalDecoder, params: Any, shared: Any, base_ids: np.ndarray, k: int, block: int):
+        self.params = params
+        self.shared = shared
         self.base_ids = jnp.asarray(base_ids, jnp.int32)
         self.k = k
         self.block = block
@@ -109,84 +154,177 @@ class _Walker:
             real = min(size, valid - start)
             self.calls += 1
             if depth == self.k - 2:
-                out = self.leaves(self.dec.params, state, cum, logp4, self.base_ids, s, size=size)
+                out = self.leaves(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.pieces.append(((offset + start) * 16, 16 * real, out))
             else:
-                cs, cc, cl = self.level(self.dec.params, state, cum, logp4, self.base_ids, s, size=size)
+                cs, cc, cl = self.level(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.walk(cs, cc, cl, depth + 1, (offset + start) * 4, 4 * real)
 
 
-# Jitted functions are cached per graph definition (GraphDefs compare by structure), so repeated
-# calls on the same architecture reuse compilations whatever the parameter values.
-_EXPANDERS: dict[Any, tuple[Any, Any]] = {}
-_PREFILLS: dict[tuple[Any, int], Any] = {}
-
-
 def _expanders(dec: CausalDecoder) -> tuple[Any, Any]:
-    """Jitted level/leaf expansions of a model's decoding step."""
-    hit = _EXPANDERS.get(dec.graphdef)
-    if hit is None:
-        hit = _EXPANDERS[dec.graphdef] = trie.make_expanders(dec.step)
-    return hit
+    """Jitted level/leaf expansions of a model's shared-prefix decoding step."""
+    return jitcache.cached(("trie-expanders", dec.key), lambda: trie.make_expanders(dec.suffix_step))
 
 
-def _prefill_fn(dec: CausalDecoder, max_len: int) -> Any:
-    """Jitted ``(params, ids [B, T]) -> (logits [B, V], state)`` for one cache capacity."""
-    key = (dec.graphdef, max_len)
-    hit = _PREFILLS.get(key)
-    if hit is None:
-        hit = _PREFILLS[key] = jax.jit(lambda params, ids: dec.prefill(params, ids, max_len))
-    return hit
+def _prefix_fn(dec: CausalDecoder, suffix_len: int) -> Any:
+    """Jitted ``(params, ids [C, T]) -> (logits [C, V], shared, state [C, 1, ...])``."""
+    return jitcache.cached(("trie-prefix", dec.key, suffix_len),
+                           lambda: jax.jit(lambda params, ids: dec.prefix(params, ids, suffix_len)))
 
 
-def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
-                              memory_limit: int = DEFAULT_MEMORY_LIMIT,
-                              block: int | None = None) -> tuple[np.ndarray, TrieStats]:
-    """``log p(candidate | prefix)`` of all ``4^k`` secrets under a causal model, by trie walk.
+def _root_level(state: Any, logp4: jax.Array, block: int) -> tuple[Any, jax.Array, jax.Array]:
+    """The root level of ``C`` tries as a ``[C, block]`` level (the root in row 0, copies after):
+    row states, cumulative log p (0) and next-base log p ``[C, block, 4]``."""
+    rows = jnp.zeros((block,), jnp.int32)
+    root = jax.tree.map(lambda x: jnp.take(x, rows, axis=1), state)
+    return root, jnp.zeros((logp4.shape[0], block), jnp.float32), jnp.take(logp4[:, None], rows, axis=1)
+
+
+def _canary_sharding(c: int) -> tuple[Any, Any] | None:
+    """``(canary-axis sharding, replicated sharding)`` over all local devices, or None on one
+    device or when ``c`` canaries do not divide evenly over them."""
+    devices = jax.local_devices()
+    if len(devices) == 1 or c % len(devices):
+        return None
+    from glmjax.engine.sharding import batch_sharding, make_mesh, replicated
+
+    mesh = make_mesh()
+    return batch_sharding(mesh), replicated(mesh)
+
+
+def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarray], k: int,
+                                   memory_limit: int = DEFAULT_MEMORY_LIMIT, block: int | None = None,
+                                   canaries_per_call: int | None = None, share_prefix: bool = True,
+                                   on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, TrieStats]:
+    """``log p(candidate | prefix)`` of all ``4^k`` secrets of every prefix, by batched trie walks.
 
     Args:
       model: a loaded causal model (:class:`glmjax.models.LoadedModel`).
-      prefix: the canary's prefix (DNA string or uint8 codes).
+      prefixes: the canaries' prefixes (DNA strings or uint8 codes); prefixes of different token
+        lengths are walked in separate groups.
       k: secret length in nucleotides (1..16).
-      memory_limit: bytes the decoding states of the walk may take (default 2 GB).
+      memory_limit: bytes the walk may take per device (default 2 GB).
       block: force the level block size (a power of two >= 4) instead of deriving it.
+      canaries_per_call: force the number of canaries walked in the same calls.
+      share_prefix: use the family's shared-prefix decoding (False: every trie node carries a
+        copy of the whole decoding state, prefix included; for comparison).
+      on_batch: called with the number of canaries finished after each batch of canaries.
 
     Returns:
-      ``(logp, stats)``: float32 ``[4^k]`` natural-log probabilities indexed by the base-4 code of
-      the secret (A=0 C=1 G=2 T=3, first base most significant) and :class:`TrieStats`.
+      ``(logp, stats)``: float32 ``[n, 4^k]`` natural-log probabilities indexed by the base-4 code
+      of the secret (A=0 C=1 G=2 T=3, first base most significant) and :class:`TrieStats`.
     """
     if not 1 <= k <= MAX_K:
         raise ConfigError(f"exact exposure enumerates 4^k candidates; k must be in 1..{MAX_K} (got {k})")
     if block is not None and (block < 4 or block & (block - 1)):
         raise ConfigError(f"trie block must be a power of two >= 4 (got {block})")
+    if canaries_per_call is not None and canaries_per_call < 1:
+        raise ConfigError(f"canaries per call must be >= 1 (got {canaries_per_call})")
     t0 = time.perf_counter()
+    dec = CausalDecoder.of(model, share_prefix=share_prefix)
+    tok = model.tokenizer
+    base_ids = base_token_ids(tok)
+    base = jnp.asarray(base_ids)
+    encoded = [causal_prefix_ids(tok, as_codes(p)) for p in prefixes]
+    n = len(encoded)
+    out = np.empty((n, 4 ** k), np.float32)
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(encoded):
+        groups.setdefault(int(e.shape[0]), []).append(i)
+    suffix_len = max(k - 1, 1)
+    prefix_fn = _prefix_fn(dec, suffix_len)
+    stats = TrieStats(k=k, decode_rows=0, block=0, bytes_per_node=0, calls=0, seconds=0.0, canaries=n,
+                      shared_prefix=dec.shares_prefix)
+    devices = len(jax.local_devices())
+    done = 0
+    for t, members in sorted(groups.items()):
+        # the shapes of one canary's state decide the block and the canaries per call
+        probe = jax.eval_shape(prefix_fn, dec.params, jax.ShapeDtypeStruct((1, t), jnp.int32))
+        vocab = int(probe[0].shape[-1])
+        bpn = state_bytes_per_row(probe[2], row_axes=2)
+        shared_bytes = tree_bytes(probe[1])
+        blk = (choose_block(k, bpn, int(memory_limit), vocab) if block is None
+               else max(4, min(block, 4 ** max(k - 1, 1))))
+        cpc = canaries_per_call or choose_canaries_per_call(k, blk, bpn, shared_bytes, int(memory_limit), vocab,
+                                                            len(members), devices)
+        sharding = _canary_sharding(cpc)
+        params = dec.params if sharding is None else jax.device_put(dec.params, sharding[1])
+        # over groups of several prefix lengths: the largest block, state and batch
+        stats.block, stats.bytes_per_node = max(stats.block, blk), max(stats.bytes_per_node, bpn)
+        stats.shared_bytes = max(stats.shared_bytes, shared_bytes)
+        stats.canaries_per_call = max(stats.canaries_per_call, cpc)
+        for lo in range(0, len(members), cpc):
+            chunk = members[lo:lo + cpc]
+            pad = chunk + [chunk[-1]] * (cpc - len(chunk))
+            ids = np.stack([encoded[i] for i in pad])
+            ids = jax.device_put(ids, sharding[0]) if sharding is not None else jnp.asarray(ids)
+            logits, shared, state = prefix_fn(params, ids)
+            logp4 = trie.base_log_probs(logits, base)                                # [C, 4]
+            if k == 1:
+                out[chunk] = np.asarray(logp4)[:len(chunk)]
+            else:
+                walker = _Walker(dec, params, shared, base_ids, k, blk)
+                walker.walk(*_root_level(state, logp4, blk), 0, 0, 1)
+                # one batched device-to-host copy of all leaf blocks (transfers overlap)
+                host = jax.device_get([piece for _, _, piece in walker.pieces])
+                for (start, count, _), arr in zip(walker.pieces, host, strict=True):
+                    out[chunk, start:start + count] = arr[:len(chunk), :count]
+                stats.calls += walker.calls
+                stats.decode_rows += walker.calls * blk * cpc
+            done += len(chunk)
+            if on_batch is not None:
+                on_batch(done)
+    stats.seconds = time.perf_counter() - t0
+    return out, stats
+
+
+def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
+                              memory_limit: int = DEFAULT_MEMORY_LIMIT, block: int | None = None,
+                              share_prefix: bool = True) -> tuple[np.ndarray, TrieStats]:
+    """``log p(candidate | prefix)`` of all ``4^k`` secrets of one prefix: float32 ``[4^k]`` and
+    :class:`TrieStats` (:func:`causal_candidate_logprobs_many` with one canary)."""
+    logp, stats = causal_candidate_logprobs_many(model, [prefix], k, memory_limit=memory_limit, block=block,
+                                                 canaries_per_call=1, share_prefix=share_prefix)
+    return logp[0], stats
+
+
+def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: int,
+                          memory_limit: int = DEFAULT_MEMORY_LIMIT) -> float:
+    """Predicted seconds of :func:`causal_candidate_logprobs_many` on these prefixes (compilation
+    excluded): one level expansion is compiled and timed on the first prefix group's shapes, and
+    multiplied by the number of expansions the walks take."""
+    if k == 1 or not len(prefixes):
+        return 0.0
     dec = CausalDecoder.of(model)
     tok = model.tokenizer
     base_ids = base_token_ids(tok)
-    ids = causal_prefix_ids(tok, as_codes(prefix))
-    max_len = int(ids.shape[0]) + max(k - 1, 0)
-    logits, state = _prefill_fn(dec, max(max_len, int(ids.shape[0])))(dec.params, jnp.asarray(ids)[None])
-    logp4 = trie.base_log_probs(logits, jnp.asarray(base_ids))
-    bpn = state_bytes_per_row(state)
-    if block is None:
-        block = choose_block(k, bpn, int(memory_limit), int(logits.shape[-1]))
-    else:
-        block = max(4, min(block, 4 ** max(k - 1, 1)))
-    out = np.empty(4 ** k, np.float32)
-    walker = _Walker(dec, base_ids, k, block)
-    if k == 1:
-        out[:] = np.asarray(logp4[0])
-    else:
-        rows = jnp.zeros((block,), jnp.int32)
-        root = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), state)
-        walker.walk(root, jnp.zeros((block,), jnp.float32), jnp.take(logp4, rows, axis=0), 0, 0, 1)
-        # one batched device-to-host copy of all leaf blocks (transfers overlap)
-        host = jax.device_get([piece for _, _, piece in walker.pieces])
-        for (start, count, _), arr in zip(walker.pieces, host, strict=True):
-            out[start:start + count] = arr[:count]
-    stats = TrieStats(k=k, decode_rows=walker.calls * block, block=block, bytes_per_node=bpn,
-                      calls=walker.calls, seconds=time.perf_counter() - t0)
-    return out, stats
+    encoded = [causal_prefix_ids(tok, as_codes(p)) for p in prefixes]
+    groups: dict[int, int] = {}
+    for e in encoded:
+        groups[int(e.shape[0])] = groups.get(int(e.shape[0]), 0) + 1
+    suffix_len = max(k - 1, 1)
+    prefix_fn = _prefix_fn(dec, suffix_len)
+    level, _ = _expanders(dec)
+    devices = len(jax.local_devices())
+    total = 0.0
+    per_call = None
+    for t, count in sorted(groups.items()):
+        probe = jax.eval_shape(prefix_fn, dec.params, jax.ShapeDtypeStruct((1, t), jnp.int32))
+        vocab = int(probe[0].shape[-1])
+        bpn = state_bytes_per_row(probe[2], row_axes=2)
+        blk = choose_block(k, bpn, int(memory_limit), vocab)
+        cpc = choose_canaries_per_call(k, blk, bpn, tree_bytes(probe[1]), int(memory_limit), vocab, count, devices)
+        if per_call is None:
+            ids = jnp.asarray(np.stack([next(e for e in encoded if e.shape[0] == t)] * cpc))
+            logits, shared, state = prefix_fn(dec.params, ids)
+            root, cum, lp4 = _root_level(state, trie.base_log_probs(logits, jnp.asarray(base_ids)), blk)
+            args = (dec.params, shared, root, cum, lp4, jnp.asarray(base_ids), jnp.asarray(0, jnp.int32))
+            jax.block_until_ready(level(*args, size=blk // 4))           # compile
+            t1 = time.perf_counter()
+            jax.block_until_ready(level(*args, size=blk // 4))
+            per_call = time.perf_counter() - t1
+        total += -(-count // cpc) * count_calls(k, blk) * per_call
+    return total
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,9 +395,6 @@ def _span_lookup(tokenizer: Any) -> dict[int, np.ndarray]:
     return tables
 
 
-_PLL_FNS: dict[tuple[Any, int], Any] = {}
-
-
 def _pll_rows_fn(model: Any) -> Any:
     """Jitted ``(params, ids [N, L], att [N, L], pos [N]) -> log p [N]`` of ``ids[n, pos[n]]`` with
     that position replaced by the mask token."""
@@ -267,10 +402,8 @@ def _pll_rows_fn(model: Any) -> Any:
 
     graphdef, _ = nnx.split(model.module)
     mask_id = int(model.tokenizer.mask_id)
-    key = (graphdef, mask_id)
-    hit = _PLL_FNS.get(key)
-    if hit is None:
 
+    def make():
         def rows(params, ids, att, pos):
             m = nnx.merge(graphdef, params)
             r = jnp.arange(ids.shape[0])
@@ -279,8 +412,9 @@ def _pll_rows_fn(model: Any) -> Any:
             logits = m(x, att).astype(jnp.float32)
             return jax.nn.log_softmax(logits[r, pos], axis=-1)[r, target]
 
-        hit = _PLL_FNS[key] = jax.jit(rows)
-    return hit
+        return jax.jit(rows)
+
+    return jitcache.cached(("pll-secret-rows", graphdef, mask_id), make)
 
 
 def masked_candidate_pll(model: Any, prefix: str | np.ndarray, k: int, batch_size: int = 1024,
@@ -448,18 +582,59 @@ def exact_exposure(model: Any, prefix: str | np.ndarray, secret: str | np.ndarra
 
 
 def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: int = DEFAULT_MEMORY_LIMIT,
-                    batch_size: int = 1024, keep_scores: bool = False) -> list[ExactExposure]:
+                    batch_size: int = 1024, keep_scores: bool = False, share_prefix: bool = True,
+                    canaries_per_call: int | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> list[ExactExposure]:
     """Exact exposure of every manifest entry (dicts with ``id``, ``prefix``, ``secret``,
-    ``repetitions``); ``keep_scores=False`` drops the ``4^k`` arrays after ranking."""
-    out = []
-    for e in canaries:
-        r = exact_exposure(model, e["prefix"], e["secret"], canary_id=str(e.get("id", "")),
-                           repetitions=int(e.get("repetitions", 0)), memory_limit=memory_limit,
-                           batch_size=batch_size)
-        if not keep_scores:
-            r.logp = np.empty(0, np.float32)
-        out.append(r)
-    return out
+    ``repetitions``), in the order given.
+
+    Causal families walk the tries of all canaries with the same secret length together
+    (:func:`causal_candidate_logprobs_many`; each result's ``seconds`` is its share of its group's
+    time and ``stats`` the group's); masked families score one canary's candidates at a time.
+    ``keep_scores=False`` drops the ``4^k`` arrays after ranking; ``on_progress(n)`` is called with
+    the number of canaries finished so far.
+    """
+    from glmjax import alphabet
+
+    codes = [as_codes(e["secret"]) for e in canaries]
+    for e, c in zip(canaries, codes, strict=True):
+        if c.shape[0] == 0:
+            raise CanaryError(f"canary {e.get('id') or '?'} has an empty secret")
+    indices = [codes_to_index(c) for c in codes]
+    out: list[ExactExposure | None] = [None] * len(canaries)
+    by_k: dict[int, list[int]] = {}
+    for i, c in enumerate(codes):
+        by_k.setdefault(int(c.shape[0]), []).append(i)
+    finished = 0
+
+    def finish(i: int, logp: np.ndarray, mode: str, seconds: float, stats: TrieStats | None) -> None:
+        e = canaries[i]
+        rank, expo = exposure_of_scores(logp, indices[i])
+        out[i] = ExactExposure(canary_id=str(e.get("id", "")), repetitions=int(e.get("repetitions", 0)),
+                               k=int(codes[i].shape[0]), secret=alphabet.decode(codes[i]), secret_index=indices[i],
+                               rank=rank, exposure=expo, secret_logp=float(logp[indices[i]]),
+                               max_logp=float(logp.max()), mode=mode, seconds=seconds,
+                               logp=logp if keep_scores else np.empty(0, np.float32), stats=stats)
+
+    for k, members in sorted(by_k.items()):
+        if model.objective == "causal":
+            base = finished
+            cb = None if on_progress is None else (lambda n, b=base: on_progress(b + n))
+            logp, stats = causal_candidate_logprobs_many(model, [canaries[i]["prefix"] for i in members], k,
+                                                         memory_limit=memory_limit, share_prefix=share_prefix,
+                                                         canaries_per_call=canaries_per_call, on_batch=cb)
+            for j, i in enumerate(members):
+                finish(i, logp[j], "causal-exact", stats.seconds / len(members), stats)
+            finished += len(members)
+        else:
+            for i in members:
+                t0 = time.perf_counter()
+                logp = masked_candidate_pll(model, canaries[i]["prefix"], k, batch_size=batch_size)
+                finish(i, logp, "pll-secret", time.perf_counter() - t0, None)
+                finished += 1
+                if on_progress is not None:
+                    on_progress(finished)
+    return [r for r in out if r is not None]
 
 
 def summarise_exposures(results: list[ExactExposure]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from trie_reference import CAUSAL_FAMILIES, K, causal_case
 
 import glmjax.models
 from glmjax import alphabet
-from glmjax.audit import enumerate as en
+from glmjax.audit import candidates as en
 from glmjax.audit.decoding import codes_to_index, index_to_codes
 from glmjax.errors import ConfigError
 from glmjax.tokenizers import caduceus_char_tokenizer, nt_kmer_tokenizer
