@@ -1,12 +1,15 @@
 """Benchmark: exact exposure by trie enumeration vs scoring every candidate with a full forward pass.
 
 For each model (random weights, published shapes: HyenaDNA ``small-32k`` and the Llama ``small``
-preset by default) one canary (random prefix and secret of ``k`` nucleotides) is ranked among all
-``4^k`` candidate secrets:
+preset by default) canaries (random prefixes and secrets of ``k`` nucleotides) are ranked among
+all ``4^k`` candidate secrets:
 
-* **trie**: :func:`glmjax.audit.enumerate.causal_candidate_logprobs` (prefill once, one batched
-  decoding step per trie level, ``(4^k - 4) / 3`` single-token rows). Timed cold (compilation
-  included) and warm (a second identical run).
+* **trie**: :func:`glmjax.audit.candidates.causal_candidate_logprobs_many` with one canary
+  (prefix state computed once and shared by every trie node, one batched decoding step per trie
+  level, ``(4^k - 4) / 3`` single-token rows). Timed cold (compilation included) and warm.
+* **trie_copied_state**: the same walk with every node carrying a copy of the whole decoding
+  state, prefix included (the path before shared-prefix decoding).
+* **trie_batched**: ``--canaries`` canaries walked in the same device calls.
 * **full forward** (the peer baseline, same model, same device, same dtype): a jitted forward pass
   over ``prefix + secret`` fused with the log-probability sum of the secret tokens, on a random
   sample of candidates in fixed-size batches; its throughput is **extrapolated** to ``4^k``
@@ -76,43 +79,20 @@ def _memory_stats() -> dict:
     return {k: int(stats[k]) for k in ("peak_bytes_in_use", "bytes_limit") if k in stats}
 
 
-def bench_family(family: str, preset: str, args: argparse.Namespace) -> dict:
-    """Trie walk (cold, warm) and sampled full-forward baseline for one model."""
-    cfg = _config(family, preset, args.dtype)
-    model = glmjax.models.build(family, cfg, seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    prefix = rng.integers(0, 4, args.prefix_len).astype(np.uint8)
-    secret_index = int(rng.integers(0, 4 ** args.k))
-    limit = int(args.memory_limit_gb * 1024 ** 3)
-    out: dict = {"family": family, "preset": preset, "params": model.num_params(), "dtype": args.dtype,
-                 "k": args.k, "candidates": 4 ** args.k, "prefix_nt": args.prefix_len}
-
-    t0 = time.perf_counter()
-    logp, stats = en.causal_candidate_logprobs(model, prefix, args.k, memory_limit=limit)
-    cold = time.perf_counter() - t0
-    warm = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        logp, stats = en.causal_candidate_logprobs(model, prefix, args.k, memory_limit=limit)
-        warm.append(time.perf_counter() - t0)
-    trie_s = min(warm)
-    rank, expo = en.exposure_of_scores(logp, secret_index)
-    out["trie"] = {"cold_s": cold, "warm_s": warm, "seconds": trie_s, "candidates_per_s": 4 ** args.k / trie_s,
-                   "decode_rows": stats.decode_rows, "decode_rows_needed": (4 ** args.k - 4) // 3,
-                   "block": stats.block, "calls": stats.calls, "bytes_per_node": stats.bytes_per_node,
-                   "memory_limit_bytes": limit, "rank": rank, "exposure_bits": expo}
-
-    # peer baseline: full forward over prefix + secret for a random sample of candidates
+def full_forward(model, prefix: np.ndarray, k: int, sample: int, batch: int, rng: np.random.Generator,
+                 trie_logp: np.ndarray | None = None) -> dict:
+    """The peer baseline: a jitted full forward pass over ``prefix + secret`` for ``sample`` random
+    candidates in batches of ``batch``; throughput extrapolated to ``4^k`` candidates, and the
+    largest difference to the trie's log p of the same candidates when ``trie_logp`` is given."""
     tok = model.tokenizer
     pids = causal_prefix_ids(tok, prefix)
     bids = base_token_ids(tok)
     fn, params = _full_forward_fn(model)
-    sample = rng.choice(4 ** args.k, size=args.sample, replace=False)
-    batch = args.batch
-    nb = -(-args.sample // batch)
-    sample = np.resize(sample, nb * batch)
-    ids = np.concatenate([np.broadcast_to(pids, (sample.shape[0], pids.shape[0])),
-                          bids[index_to_codes(sample, args.k)]], axis=1).astype(np.int32)
+    pick = rng.choice(4 ** k, size=min(sample, 4 ** k), replace=False)
+    nb = -(-pick.shape[0] // batch)
+    pick = np.resize(pick, nb * batch)
+    ids = np.concatenate([np.broadcast_to(pids, (pick.shape[0], pids.shape[0])),
+                          bids[index_to_codes(pick, k)]], axis=1).astype(np.int32)
     start = jnp.asarray(pids.shape[0], jnp.int32)
     t0 = time.perf_counter()
     np.asarray(fn(params, jnp.asarray(ids[:batch]), start))                   # compile + one batch
@@ -124,15 +104,61 @@ def bench_family(family: str, preset: str, args: argparse.Namespace) -> dict:
     full = np.concatenate([np.asarray(r) for r in res])
     full_s = time.perf_counter() - t0
     rate = nb * batch / full_s
-    extrap = 4 ** args.k / rate
-    diff = np.abs(full - logp[sample])
-    out["full_forward"] = {"sampled_candidates": int(nb * batch), "batch": batch, "tokens_per_candidate":
-                           int(ids.shape[1]), "seconds_sampled": full_s, "compile_s": compile_s,
-                           "candidates_per_s": rate, "extrapolated_seconds_all": extrap,
-                           "extrapolated": True,
-                           "max_abs_logp_diff_vs_trie": float(diff.max()),
-                           "max_rel_logp_diff_vs_trie": float((diff / np.abs(full)).max())}
-    out["speedup_trie_vs_full"] = extrap / trie_s
+    out = {"sampled_candidates": int(nb * batch), "batch": batch, "tokens_per_candidate": int(ids.shape[1]),
+           "seconds_sampled": full_s, "compile_s": compile_s, "candidates_per_s": rate,
+           "extrapolated_seconds_all": 4 ** k / rate, "extrapolated": True}
+    if trie_logp is not None:
+        diff = np.abs(full - trie_logp[pick])
+        out["max_abs_logp_diff_vs_trie"] = float(diff.max())
+        out["max_rel_logp_diff_vs_trie"] = float((diff / np.abs(full)).max())
+    return out
+
+
+def _walk(model, prefixes, k: int, limit: int, repeats: int, **kw) -> tuple[dict, np.ndarray]:
+    """Cold and warm timings of one batched trie walk over ``prefixes``."""
+    t0 = time.perf_counter()
+    logp, stats = en.causal_candidate_logprobs_many(model, prefixes, k, memory_limit=limit, **kw)
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        logp, stats = en.causal_candidate_logprobs_many(model, prefixes, k, memory_limit=limit, **kw)
+        warm.append(time.perf_counter() - t0)
+    best = min(warm)
+    n = len(prefixes) * 4 ** k
+    return {"canaries": len(prefixes), "cold_s": cold, "warm_s": warm, "seconds": best, "candidates": n,
+            "candidates_per_s": n / best, "decode_rows": stats.decode_rows,
+            "decode_rows_needed": len(prefixes) * (4 ** k - 4) // 3, "block": stats.block,
+            "canaries_per_call": stats.canaries_per_call, "calls": stats.calls,
+            "bytes_per_node": stats.bytes_per_node, "shared_bytes": stats.shared_bytes,
+            "shared_prefix": stats.shared_prefix, "memory_limit_bytes": limit}, logp
+
+
+def bench_family(family: str, preset: str, args: argparse.Namespace) -> dict:
+    """Trie walks (shared prefix, one canary and a batch of canaries; copied state, one canary)
+    and the sampled full-forward baseline for one model."""
+    cfg = _config(family, preset, args.dtype)
+    model = glmjax.models.build(family, cfg, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    prefixes = [rng.integers(0, 4, args.prefix_len).astype(np.uint8) for _ in range(args.canaries)]
+    secret_index = int(rng.integers(0, 4 ** args.k))
+    limit = en.default_memory_limit() if args.memory_limit_gb is None else int(args.memory_limit_gb * 1024 ** 3)
+    out: dict = {"family": family, "preset": preset, "params": model.num_params(), "dtype": args.dtype,
+                 "k": args.k, "candidates": 4 ** args.k, "prefix_nt": args.prefix_len}
+
+    one, logp = _walk(model, prefixes[:1], args.k, limit, args.repeats, canaries_per_call=1)
+    rank, expo = en.exposure_of_scores(logp[0], secret_index)
+    out["trie"] = {**one, "rank": rank, "exposure_bits": expo}
+    copied, logp_c = _walk(model, prefixes[:1], args.k, limit, args.repeats, canaries_per_call=1,
+                           share_prefix=False)
+    copied["max_abs_logp_diff_vs_shared"] = float(np.abs(logp_c[0] - logp[0]).max())
+    out["trie_copied_state"] = copied
+    if args.canaries > 1:
+        out["trie_batched"], _ = _walk(model, prefixes, args.k, limit, args.repeats)
+    out["full_forward"] = ff = full_forward(model, prefixes[0], args.k, args.sample, args.batch, rng, logp[0])
+    for key in ("trie", "trie_copied_state", "trie_batched"):
+        if key in out:
+            out[key]["speedup_vs_full_forward"] = out[key]["candidates_per_s"] / ff["candidates_per_s"]
     out["memory"] = _memory_stats()
     return out
 
@@ -144,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix-len", type=int, default=64, help="canary prefix length in nucleotides")
     ap.add_argument("--sample", type=int, default=65536, help="candidates scored by the full-forward baseline")
     ap.add_argument("--batch", type=int, default=4096, help="full-forward batch (candidates per call)")
-    ap.add_argument("--memory-limit-gb", type=float, default=8.0,
-                    help="trie decoding-state memory limit (the library default is 2 GB)")
+    ap.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="trie decoding-state memory limit per device (default: the library's, a quarter of "
+                    "the device memory)")
     ap.add_argument("--dtype", default=None,
                     help="compute dtype of both paths (default: bfloat16 on GPU/TPU, float32 on CPU)")
     ap.add_argument("--repeats", type=int, default=1, help="warm trie runs (the fastest is reported)")
+    ap.add_argument("--canaries", type=int, default=16,
+                    help="canaries (random prefixes) of the batched walk (1: no batched walk)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny models, k = 5: a CPU check that it runs")
     args = ap.parse_args(argv)
@@ -156,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dtype is None:
         args.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     if args.smoke:
-        args.k, args.prefix_len, args.sample, args.batch = 5, 16, 256, 64
-        args.memory_limit_gb = min(args.memory_limit_gb, 0.0005)
+        args.k, args.prefix_len, args.sample, args.batch, args.canaries = 5, 16, 256, 64, 4
+        args.memory_limit_gb = 0.0005
     result = {
         "benchmark": "exact exposure: trie enumeration vs full-forward scoring of every candidate",
         "note": "full-forward time is measured on a random sample of candidates and extrapolated to 4^k",

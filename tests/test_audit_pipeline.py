@@ -39,8 +39,10 @@ def audited(tmp_path_factory):
     train(model, d / "p.h5", TrainConfig(epochs=10, batch_size=32, lr=5e-3, warmup_steps=5), d / "run",
           val_fraction=0.0)
     opts = AuditOptions(exact_k_max=6, neighbours=2, neighbour_rows=100, n_bootstrap=20, beam_width=4)
+    lines: list[str] = []
     res = run_audit(d / "run" / "model", d / "p.h5", d / "report", canaries=d / "p.json", opts=opts,
-                    log=lambda *a: None)
+                    log=lines.append)
+    res.lines = lines
     return d, res
 
 
@@ -87,6 +89,52 @@ def test_exposure_and_extraction_rise_with_repetition(audited):
     assert np.mean([c["extracted"] for c in by[64]]) >= np.mean([c["extracted"] for c in by[1]])
 
 
+def test_every_stage_is_timed_and_reported(audited):
+    d, res = audited
+    rep = json.loads((d / "report" / "report.json").read_text())
+    t = rep["timings"]
+    assert list(t) == ["load", "scoring", "mia", "neighbourhood", "exposure_plan", "canary_scoring", "extraction",
+                       "exposure", "statistics"]
+    assert all(v >= 0 for v in t.values()) and sum(t.values()) == pytest.approx(rep["seconds"], abs=0.01)
+    assert rep["seconds"] <= res.seconds
+    # the exposure plan: one secret length, estimated, enumerated, measured
+    (row,) = rep["exposure_plan"]
+    assert (row["k"], row["canaries"], row["candidates"], row["method"]) == (6, 5, 5 * 4 ** 6, "exact")
+    assert row["estimated_seconds"] >= 0 and row["seconds"] > 0 and "budget" in row["reason"]
+    # the long stages say what they do and report their progress as plain lines off a terminal
+    text = "\n".join(res.lines)
+    assert "exposure plan, k = 6: 5 canaries x 4^6 = 20,480 candidates" in text
+    done = [ln for ln in res.lines if ln.startswith("exposure (exact")]
+    assert done and "20,480/20,480 cand" in done[-1] and "cand/s" in done[-1]
+    assert any(ln.startswith("scoring (target): ") and "seq/s" in ln for ln in res.lines)
+
+
+def test_exposure_falls_back_to_sampling_outside_the_budget(audited, capsys):
+    d, _ = audited
+    # a zero budget: nothing is enumerated, the plan says why, every canary gets the sampled estimate
+    res = run_audit(d / "run" / "model", d / "p.h5", d / "report0",
+                    canaries=d / "p.json", opts=AuditOptions(exact_k_max=6, exact_budget_s=0.0, neighbours=0,
+                                                             n_bootstrap=0, exposure_samples=256),
+                    log=lambda *a: None)
+    (row,) = res.report["exposure_plan"]
+    assert row["method"] == "sampled" and "exceeds the 0 s budget" in row["reason"]
+    assert row["estimated_seconds"] > 0 and "seconds" not in row
+    assert {c["exposure_method"] for c in res.report["canaries"]} == {"skewnorm"}
+    # --exact-k-max 0: never enumerate, not even estimate; the summary prints the stage timings
+    assert main(["audit", "--model", str(d / "run" / "model"), "--data", str(d / "p.h5"), "--canaries",
+                 str(d / "p.json"), "--out", str(d / "report1"), "--exact-k-max", "0", "--neighbours", "0",
+                 "--bootstrap", "0", "--exposure-samples", "256"]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((d / "report1" / "report.json").read_text())
+    validate_report(rep)
+    (row,) = rep["exposure_plan"]
+    assert row["method"] == "sampled" and row["estimated_seconds"] is None and "off" in row["reason"]
+    assert {c["exposure_method"] for c in rep["canaries"]} == {"skewnorm"}
+    assert "exposure_plan" not in rep["timings"] or rep["timings"]["exposure_plan"] < 1.0
+    line = next(ln for ln in out.splitlines() if ln.startswith("time: "))
+    assert "exposure" in line and f"= {rep['seconds']:,.1f} s" in line
+
+
 def test_scores_are_kept_for_reanalysis(audited):
     d, _ = audited
     from glmjax.engine.scorestore import ScoreStore
@@ -110,6 +158,13 @@ def test_audit_cli_bad_inputs(tmp_path, capsys):
     assert err.startswith("glmjax: error:") and len(err.strip().splitlines()) == 1
     assert main(["audit", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r"),
                  "--fpr", "2"]) == 2
+    for flag, value in (("--exact-k-max", "-1"), ("--exact-k-max", "17"), ("--exact-budget", "-5"),
+                        ("--exact-budget", "nan")):
+        capsys.readouterr()
+        assert main(["audit", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r"),
+                     flag, value]) == 2
+        assert flag in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_demo_runs_end_to_end_on_bundled_genomes(tmp_path, monkeypatch):

@@ -157,3 +157,31 @@ def test_canaries_spread_over_eight_devices(tmp_path):
     for i in range(16):
         for idx in (0, 77, 1023, int(np.argmax(one[i]))):
             assert en.rank_of(multi[i], idx) == en.rank_of(one[i], idx)
+
+
+@pytest.mark.parametrize("family", ["dnabert2", "nt"])
+def test_masked_exposure_batched_over_canaries_equals_one_at_a_time(family):
+    model = _model(family)
+    rng = np.random.default_rng(5)
+    k = 4
+    # prefixes of different lengths: their rows are padded into the same batches (dnabert2) or
+    # batched by length (nt); a chunk of (canary, candidate) pairs crosses canary boundaries
+    prefixes = [rng.integers(0, 4, n).astype(np.uint8) for n in (9, 14, 9, 20)]
+    old = en.CANDIDATE_CHUNK
+    en.CANDIDATE_CHUNK = 100
+    try:
+        many = en.masked_candidate_pll_many(model, prefixes, k, batch_size=64)
+    finally:
+        en.CANDIDATE_CHUNK = old
+    assert many.shape == (len(prefixes), 4 ** k)
+    for i, p in enumerate(prefixes):
+        alone = en.masked_candidate_pll(model, p, k, batch_size=256)
+        assert np.abs(many[i] - alone).max() <= 1e-5 * np.abs(alone).max()
+    entries = [{"id": f"m{i}", "prefix": p, "secret": index_to_codes(int(rng.integers(0, 4 ** k)), k)}
+               for i, p in enumerate(prefixes)]
+    seen: list[int] = []
+    results = en.exact_exposures(model, entries, on_candidates=seen.append)
+    assert sum(seen) == len(prefixes) * 4 ** k
+    for i, r in enumerate(results):
+        lo, hi = _rank_band(many[i], r.secret_index, 1e-5 * np.abs(many[i]).max())
+        assert r.mode == "pll-secret" and lo <= r.rank <= hi

@@ -15,7 +15,8 @@ parents by one base in one batched step; the last level reads its log p off the 
 distributions: ``(4^k - 4) / 3`` one-token steps per canary instead of ``4^k`` forward passes over
 prefix + secret. Memory is bounded: once a level would hold more than ``block`` nodes, its parents
 are expanded ``block / 4`` at a time, depth-first, with ``block`` the largest power of two whose
-node states along the deepest path of the walk fit ``memory_limit`` bytes (default 2 GB).
+node states along the deepest path of the walk fit ``memory_limit`` bytes (default
+:func:`default_memory_limit`: a quarter of the device's memory, 2 GB where it is not reported).
 
 Masked families (:func:`masked_candidate_pll`): a masked LM defines no likelihood of the secret
 given the prefix; each candidate ``prefix + secret`` is scored by the pseudo-log-likelihood of
@@ -82,6 +83,21 @@ class TrieStats:
     shared_prefix: bool = False
 
 
+def default_memory_limit() -> int:
+    """Bytes a trie walk may take per device: a quarter of the first local device's memory where
+    the backend reports it (GPU, TPU), else :data:`DEFAULT_MEMORY_LIMIT` (2 GB)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        stats = {}
+    limit = stats.get("bytes_limit")
+    return int(limit) // 4 if limit else DEFAULT_MEMORY_LIMIT
+
+
+def _limit(memory_limit: int | None) -> int:
+    return int(memory_limit) if memory_limit is not None else default_memory_limit()
+
+
 def choose_block(k: int, bytes_per_node: int, memory_limit: int, vocab: int) -> int:
     """Largest power-of-two level block (4 <= block <= min(65536, 4^(k-1))) whose trie walk stays
     within ``memory_limit`` bytes: ``k - 1`` levels of ``block`` decoding states on the depth-first
@@ -134,7 +150,13 @@ class _Walker:
     fill the rest with copies of real states, whose children are computed and ignored.
     """
 
-    def __init__(self, dec: CausalDecoder, params: Any, shared: Any, base_ids: np.ndarray, k: int, block: int):
+    #: leaf blocks allowed in flight before the walk waits for the oldest (keeps the device busy
+    #: and the progress report truthful: a reported block has been computed, not just queued)
+    INFLIGHT = 8
+
+    def __init__(self, dec: CausalDecoder, params: Any, shared: Any, base_ids: np.ndarray, k: int, block: int,
+                 on_leaves: Callable[[int], None] | None = None):
+        self.on_leaves = on_leaves
         self.params = params
         self.shared = shared
         self.base_ids = jnp.asarray(base_ids, jnp.int32)
@@ -156,6 +178,10 @@ class _Walker:
             if depth == self.k - 2:
                 out = self.leaves(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.pieces.append(((offset + start) * 16, 16 * real, out))
+                if self.on_leaves is not None and len(self.pieces) > self.INFLIGHT:
+                    done = self.pieces[-1 - self.INFLIGHT]
+                    done[2].block_until_ready()
+                    self.on_leaves(done[1])
             else:
                 cs, cc, cl = self.level(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.walk(cs, cc, cl, depth + 1, (offset + start) * 4, 4 * real)
@@ -193,9 +219,10 @@ def _canary_sharding(c: int) -> tuple[Any, Any] | None:
 
 
 def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarray], k: int,
-                                   memory_limit: int = DEFAULT_MEMORY_LIMIT, block: int | None = None,
+                                   memory_limit: int | None = None, block: int | None = None,
                                    canaries_per_call: int | None = None, share_prefix: bool = True,
-                                   on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, TrieStats]:
+                                   on_batch: Callable[[int], None] | None = None,
+                                   on_candidates: Callable[[int], None] | None = None) -> tuple[np.ndarray, TrieStats]:
     """``log p(candidate | prefix)`` of all ``4^k`` secrets of every prefix, by batched trie walks.
 
     Args:
@@ -203,12 +230,15 @@ def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarr
       prefixes: the canaries' prefixes (DNA strings or uint8 codes); prefixes of different token
         lengths are walked in separate groups.
       k: secret length in nucleotides (1..16).
-      memory_limit: bytes the walk may take per device (default 2 GB).
+      memory_limit: bytes the walk may take per device (default :func:`default_memory_limit`).
       block: force the level block size (a power of two >= 4) instead of deriving it.
       canaries_per_call: force the number of canaries walked in the same calls.
       share_prefix: use the family's shared-prefix decoding (False: every trie node carries a
         copy of the whole decoding state, prefix included; for comparison).
       on_batch: called with the number of canaries finished after each batch of canaries.
+      on_candidates: called with the number of candidates scored since its last call, as the
+        device finishes them (for a progress bar; it waits for computed blocks, queued ones are
+        not counted).
 
     Returns:
       ``(logp, stats)``: float32 ``[n, 4^k]`` natural-log probabilities indexed by the base-4 code
@@ -243,9 +273,9 @@ def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarr
         vocab = int(probe[0].shape[-1])
         bpn = state_bytes_per_row(probe[2], row_axes=2)
         shared_bytes = tree_bytes(probe[1])
-        blk = (choose_block(k, bpn, int(memory_limit), vocab) if block is None
+        blk = (choose_block(k, bpn, _limit(memory_limit), vocab) if block is None
                else max(4, min(block, 4 ** max(k - 1, 1))))
-        cpc = canaries_per_call or choose_canaries_per_call(k, blk, bpn, shared_bytes, int(memory_limit), vocab,
+        cpc = canaries_per_call or choose_canaries_per_call(k, blk, bpn, shared_bytes, _limit(memory_limit), vocab,
                                                             len(members), devices)
         sharding = _canary_sharding(cpc)
         params = dec.params if sharding is None else jax.device_put(dec.params, sharding[1])
@@ -262,11 +292,16 @@ def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarr
             logp4 = trie.base_log_probs(logits, base)                                # [C, 4]
             if k == 1:
                 out[chunk] = np.asarray(logp4)[:len(chunk)]
+                if on_candidates is not None:
+                    on_candidates(4 * len(chunk))
             else:
-                walker = _Walker(dec, params, shared, base_ids, k, blk)
+                report = None if on_candidates is None else (lambda c, m=len(chunk): on_candidates(m * c))
+                walker = _Walker(dec, params, shared, base_ids, k, blk, on_leaves=report)
                 walker.walk(*_root_level(state, logp4, blk), 0, 0, 1)
                 # one batched device-to-host copy of all leaf blocks (transfers overlap)
                 host = jax.device_get([piece for _, _, piece in walker.pieces])
+                if on_candidates is not None:
+                    on_candidates(len(chunk) * sum(c for _, c, _ in walker.pieces[-walker.INFLIGHT:]))
                 for (start, count, _), arr in zip(walker.pieces, host, strict=True):
                     out[chunk, start:start + count] = arr[:len(chunk), :count]
                 stats.calls += walker.calls
@@ -279,7 +314,7 @@ def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarr
 
 
 def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
-                              memory_limit: int = DEFAULT_MEMORY_LIMIT, block: int | None = None,
+                              memory_limit: int | None = None, block: int | None = None,
                               share_prefix: bool = True) -> tuple[np.ndarray, TrieStats]:
     """``log p(candidate | prefix)`` of all ``4^k`` secrets of one prefix: float32 ``[4^k]`` and
     :class:`TrieStats` (:func:`causal_candidate_logprobs_many` with one canary)."""
@@ -289,7 +324,7 @@ def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
 
 
 def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: int,
-                          memory_limit: int = DEFAULT_MEMORY_LIMIT) -> float:
+                          memory_limit: int | None = None) -> float:
     """Predicted seconds of :func:`causal_candidate_logprobs_many` on these prefixes (compilation
     excluded): one level expansion is compiled and timed on the first prefix group's shapes, and
     multiplied by the number of expansions the walks take."""
@@ -312,8 +347,8 @@ def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: i
         probe = jax.eval_shape(prefix_fn, dec.params, jax.ShapeDtypeStruct((1, t), jnp.int32))
         vocab = int(probe[0].shape[-1])
         bpn = state_bytes_per_row(probe[2], row_axes=2)
-        blk = choose_block(k, bpn, int(memory_limit), vocab)
-        cpc = choose_canaries_per_call(k, blk, bpn, tree_bytes(probe[1]), int(memory_limit), vocab, count, devices)
+        blk = choose_block(k, bpn, _limit(memory_limit), vocab)
+        cpc = choose_canaries_per_call(k, blk, bpn, tree_bytes(probe[1]), _limit(memory_limit), vocab, count, devices)
         if per_call is None:
             ids = jnp.asarray(np.stack([next(e for e in encoded if e.shape[0] == t)] * cpc))
             logits, shared, state = prefix_fn(dec.params, ids)
@@ -325,6 +360,41 @@ def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: i
             per_call = time.perf_counter() - t1
         total += -(-count // cpc) * count_calls(k, blk) * per_call
     return total
+
+
+def estimate_exposure_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: int,
+                              memory_limit: int | None = None, batch_size: int = 1024) -> float:
+    """Predicted seconds of :func:`exact_exposures` for canaries with these prefixes and secrets of
+    ``k`` nucleotides (compilation excluded; what it compiles is reused by the real run).
+
+    Causal families: :func:`estimate_walk_seconds`. Masked families: the rows (candidate x
+    masked position) of 256 sampled candidates of the first prefix, their tokenization time and
+    one timed forward pass of ``batch_size`` rows, scaled to all canaries' ``4^k`` candidates."""
+    if not len(prefixes):
+        return 0.0
+    if model.objective == "causal":
+        return estimate_walk_seconds(model, prefixes, k, memory_limit=memory_limit)
+    tok = model.tokenizer
+    rng = np.random.default_rng(0)
+    sample = rng.integers(0, 4 ** k, min(256, 4 ** k))
+    t0 = time.perf_counter()
+    groups = list(candidate_token_groups(tok, as_codes(prefixes[0]), index_to_codes(sample, k)))
+    host = (time.perf_counter() - t0) / len(sample)
+    n_rows = sum(pos.shape[0] * members.shape[0] for pos, members, _ in groups)
+    if n_rows == 0:
+        return host * len(prefixes) * 4 ** k
+    pos, _, ids = next((g[0], g[1], g[2]) for g in groups if g[0].shape[0])
+    rows = max(1, min(batch_size, 1 << max(n_rows - 1, 0).bit_length()))
+    b_ids = jnp.asarray(np.repeat(ids[:1], rows, axis=0).astype(np.int32))
+    b_att = jnp.ones(b_ids.shape, bool)
+    b_pos = jnp.full((rows,), int(pos[0]), jnp.int32)
+    fn = _pll_rows_fn(model)
+    jax.block_until_ready(fn(model.state, b_ids, b_att, b_pos))              # compile
+    t1 = time.perf_counter()
+    jax.block_until_ready(fn(model.state, b_ids, b_att, b_pos))
+    per_batch = time.perf_counter() - t1
+    total = len(prefixes) * 4 ** k
+    return total * host + -(-total * n_rows // (len(sample) * rows)) * per_batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -432,6 +502,19 @@ def masked_candidate_pll(model: Any, prefix: str | np.ndarray, k: int, batch_siz
       float32 ``[n]`` (``[4^k]`` by default, indexed by base-4 code): the sum over the tokens
       covering a secret nucleotide of ``log p(token | sequence with that token masked)``.
     """
+    return masked_candidate_pll_many(model, [prefix], k, batch_size=batch_size, candidates=candidates)[0]
+
+
+def masked_candidate_pll_many(model: Any, prefixes: Sequence[str | np.ndarray], k: int, batch_size: int = 1024,
+                              candidates: np.ndarray | None = None,
+                              on_candidates: Callable[[int], None] | None = None) -> np.ndarray:
+    """:func:`masked_candidate_pll` of several canaries in the same forward passes: the
+    (canary, candidate) pairs are tokenized :data:`CANDIDATE_CHUNK` at a time and their rows
+    (pair x masked position) fill batches across canary boundaries.
+
+    Returns float32 ``[len(prefixes), n]``; ``on_candidates(m)`` is called after every chunk
+    with the pairs it scored.
+    """
     if model.objective != "masked":
         raise ConfigError(f"{model.family} is causal; use causal_candidate_logprobs")
     tok = model.tokenizer
@@ -441,23 +524,27 @@ def masked_candidate_pll(model: Any, prefix: str | np.ndarray, k: int, batch_siz
         raise ConfigError(f"exact exposure enumerates 4^k candidates; k must be in 1..{MAX_K} (got {k})")
     from glmjax.engine.batching import padding_policy
 
-    prefix = as_codes(prefix)
+    codes = [as_codes(p) for p in prefixes]
     idx = np.arange(4 ** k, dtype=np.int64) if candidates is None else np.asarray(candidates, np.int64)
+    n = int(idx.shape[0])
     # families with an attention mask take right-padded rows, so every layout shares one shape
     pad_rows = padding_policy(model.objective, model.family, model.spec.architecture_class) == "right"
     fn = _pll_rows_fn(model)
     params = model.state
-    out = np.zeros(idx.shape[0], np.float64)
-    for lo in range(0, idx.shape[0], CANDIDATE_CHUNK):
-        sel = np.arange(lo, min(lo + CANDIDATE_CHUNK, idx.shape[0]))
+    out = np.zeros(len(codes) * n, np.float64)
+    total = len(codes) * n
+    for lo in range(0, total, CANDIDATE_CHUNK):
+        hi = min(lo + CANDIDATE_CHUNK, total)
         rows: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-        for pos, members, ids in candidate_token_groups(tok, prefix, index_to_codes(idx[sel], k)):
-            m = pos.shape[0]
-            if m == 0:
-                continue
-            rows.setdefault(ids.shape[1], []).append(
-                (np.repeat(ids, m, axis=0), np.tile(pos.astype(np.int32), members.shape[0]),
-                 np.repeat(sel[members], m)))
+        for c in range(lo // n, (hi - 1) // n + 1):
+            sel = np.arange(max(lo, c * n), min(hi, (c + 1) * n)) - c * n
+            for pos, members, ids in candidate_token_groups(tok, codes[c], index_to_codes(idx[sel], k)):
+                m = pos.shape[0]
+                if m == 0:
+                    continue
+                rows.setdefault(ids.shape[1], []).append(
+                    (np.repeat(ids, m, axis=0), np.tile(pos.astype(np.int32), members.shape[0]),
+                     np.repeat(c * n + sel[members], m)))
         if pad_rows and len(rows) > 1:
             width = max(rows)
             merged = []
@@ -473,7 +560,9 @@ def masked_candidate_pll(model: Any, prefix: str | np.ndarray, k: int, batch_siz
             owner = np.concatenate([p[2] for p in parts])
             valid = ids != tok.pad_id if pad_rows else np.ones(ids.shape, bool)
             _score_rows(fn, params, ids, valid, pos, owner, out, batch_size)
-    return out.astype(np.float32)
+        if on_candidates is not None:
+            on_candidates(hi - lo)
+    return out.reshape(len(codes), n).astype(np.float32)
 
 
 def _score_rows(fn: Any, params: Any, ids: np.ndarray, att: np.ndarray, pos: np.ndarray, owner: np.ndarray,
@@ -554,7 +643,7 @@ class ExactExposure:
 
 
 def exact_exposure(model: Any, prefix: str | np.ndarray, secret: str | np.ndarray, canary_id: str = "",
-                   repetitions: int = 0, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                   repetitions: int = 0, memory_limit: int | None = None,
                    batch_size: int = 1024, block: int | None = None) -> ExactExposure:
     """Exact exposure of one canary (``prefix``, ``secret``) under ``model`` (causal: trie walk;
     masked: PLL of the secret tokens over all candidates); ``block`` as in
@@ -581,18 +670,20 @@ def exact_exposure(model: Any, prefix: str | np.ndarray, secret: str | np.ndarra
                          seconds=time.perf_counter() - t0, logp=logp, stats=stats)
 
 
-def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: int = DEFAULT_MEMORY_LIMIT,
+def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: int | None = None,
                     batch_size: int = 1024, keep_scores: bool = False, share_prefix: bool = True,
                     canaries_per_call: int | None = None,
-                    on_progress: Callable[[int], None] | None = None) -> list[ExactExposure]:
+                    on_progress: Callable[[int], None] | None = None,
+                    on_candidates: Callable[[int], None] | None = None) -> list[ExactExposure]:
     """Exact exposure of every manifest entry (dicts with ``id``, ``prefix``, ``secret``,
     ``repetitions``), in the order given.
 
-    Causal families walk the tries of all canaries with the same secret length together
-    (:func:`causal_candidate_logprobs_many`; each result's ``seconds`` is its share of its group's
-    time and ``stats`` the group's); masked families score one canary's candidates at a time.
-    ``keep_scores=False`` drops the ``4^k`` arrays after ranking; ``on_progress(n)`` is called with
-    the number of canaries finished so far.
+    All canaries with the same secret length are done together: causal families walk their tries
+    in the same calls (:func:`causal_candidate_logprobs_many`), masked families score their
+    candidates in the same forward passes (:func:`masked_candidate_pll_many`). Each result's
+    ``seconds`` is its share of its group's time and ``stats`` the group's. ``keep_scores=False``
+    drops the ``4^k`` arrays after ranking; ``on_progress(n)`` is called with the number of
+    canaries finished so far, ``on_candidates(m)`` with the candidates scored since its last call.
     """
     from glmjax import alphabet
 
@@ -617,23 +708,26 @@ def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: in
                                logp=logp if keep_scores else np.empty(0, np.float32), stats=stats)
 
     for k, members in sorted(by_k.items()):
+        base = finished
+        cb = None if on_progress is None else (lambda n, b=base: on_progress(b + n))
+        prefixes = [canaries[i]["prefix"] for i in members]
+        t0 = time.perf_counter()
         if model.objective == "causal":
-            base = finished
-            cb = None if on_progress is None else (lambda n, b=base: on_progress(b + n))
-            logp, stats = causal_candidate_logprobs_many(model, [canaries[i]["prefix"] for i in members], k,
-                                                         memory_limit=memory_limit, share_prefix=share_prefix,
-                                                         canaries_per_call=canaries_per_call, on_batch=cb)
-            for j, i in enumerate(members):
-                finish(i, logp[j], "causal-exact", stats.seconds / len(members), stats)
-            finished += len(members)
+            logp, stats = causal_candidate_logprobs_many(model, prefixes, k, memory_limit=memory_limit,
+                                                         share_prefix=share_prefix,
+                                                         canaries_per_call=canaries_per_call, on_batch=cb,
+                                                         on_candidates=on_candidates)
+            mode = "causal-exact"
         else:
-            for i in members:
-                t0 = time.perf_counter()
-                logp = masked_candidate_pll(model, canaries[i]["prefix"], k, batch_size=batch_size)
-                finish(i, logp, "pll-secret", time.perf_counter() - t0, None)
-                finished += 1
-                if on_progress is not None:
-                    on_progress(finished)
+            logp = masked_candidate_pll_many(model, prefixes, k, batch_size=batch_size,
+                                             on_candidates=on_candidates)
+            stats, mode = None, "pll-secret"
+            if cb is not None:
+                cb(len(members))
+        seconds = time.perf_counter() - t0
+        for j, i in enumerate(members):
+            finish(i, logp[j], mode, seconds / len(members), stats)
+        finished += len(members)
     return [r for r in out if r is not None]
 
 

@@ -9,16 +9,19 @@ every vector it has inputs for:
   repetitions 0; the non-member windows only when there is none), each with its own threshold;
 * **extraction** — greedy and beam-search completion of each canary prefix (causal families)
   or most-confident-first mask filling (masked families);
-* **exposure** — exact enumeration of all 4^k candidate secrets when k <= ``exact_k_max``
-  (trie walk for causal families, batched PLL of the secret for masked ones), else the
-  skew-normal extrapolation from ``exposure_samples`` random candidates with a bootstrap interval;
+* **exposure** — exact enumeration of all 4^k candidate secrets when k <= ``exact_k_max`` and
+  the estimated time of the enumeration fits ``exact_budget_s`` (batched trie walks over all
+  canaries for causal families, batched PLL of the secret for masked ones), else the skew-normal
+  extrapolation from ``exposure_samples`` random candidates with a bootstrap interval; the
+  choice per secret length and its reason land in ``report["exposure_plan"]``;
 * **membership inference** — loss, zlib, k-mer entropy, Min-K%, Min-K%++, neighbourhood, and
   with a reference model the reference ratio, with shadow models LiRA (online/offline) and RMIA;
   evaluated on the genome windows (canary copies excluded) with member labels from the split.
 
 Everything lands in ``OUT/``: ``report.json``, ``report.html``, and ``scores/`` (the ScoreStores
 the statistics came from, for re-analysis). Vectors without inputs are listed under ``skipped``
-with the reason.
+with the reason; ``report["timings"]`` holds the seconds of every stage (they add up to
+``report["seconds"]``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from glmjax.audit.report import AuditResult, CanaryResult, evaluate, secret_sha2
 from glmjax.data.store import Record, SequenceStore, SequenceStoreWriter
 from glmjax.errors import ConfigError, StoreError
 from glmjax.models.base import LoadedModel
+from glmjax.progress import progress
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class AuditOptions:
     pll: str | None = None  # masked families: exact | strided:K | random:K
     dtype: str | None = None  # compute dtype (None: the model's)
     batch_tokens: int | None = None
-    exact_k_max: int = 10  # exact exposure for secrets up to this length
+    exact_k_max: int = 10  # exact exposure for secrets up to this length (0: always sampled)
+    exact_budget_s: float = 120.0  # estimated seconds exact enumeration may take (inf: no limit)
     exposure_samples: int = 4096  # sampled candidates per canary above exact_k_max
     extraction: tuple[str, ...] = ()  # default: greedy+beam (causal) or fill (masked)
     beam_width: int = 8
@@ -73,18 +78,38 @@ class AuditOutcome:
     seconds: float
 
 
+class _Laps:
+    """Wall time per audit stage: each :meth:`lap` charges the time since the previous one to a
+    stage, so the stages add up to the total."""
+
+    def __init__(self):
+        self.t0 = self.t = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - self.t
+        self.t = now
+        return self.stages[stage]
+
+    def rounded(self) -> tuple[dict[str, float], float]:
+        """``(stages in ms precision, their sum)``."""
+        stages = {k: round(v, 3) for k, v in self.stages.items()}
+        return stages, round(sum(stages.values()), 3)
+
+
 def _load(model: LoadedModel | str | Path, opts: AuditOptions) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     return models.load(model, trust_pickle=opts.trust_pickle, dtype=opts.dtype)
 
 
-def _score(model: LoadedModel, store: Path, out: Path, opts: AuditOptions):
+def _score(model: LoadedModel, store: Path, out: Path, opts: AuditOptions, label: str = "scoring", log=None):
     from glmjax.engine.runner import score
     from glmjax.engine.scorestore import ScoreStore
 
     score(model, store, out, pll=opts.pll if model.objective == "masked" else None, seed=opts.seed,
-          batch_tokens=opts.batch_tokens, overwrite=True, resume=False)
+          batch_tokens=opts.batch_tokens, overwrite=True, resume=False, label=label, log=log)
     return ScoreStore(out)
 
 
@@ -161,16 +186,17 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
       log: where progress lines go (``print``; pass ``lambda *a: None`` to silence).
     """
     opts = opts or AuditOptions()
-    t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sdir = out / "scores"
-    sdir.mkdir(exist_ok=True)
+    laps = _Laps()
+    # every input is read before anything is written: a bad input leaves no output folder behind
     target = _load(model, opts)
     ref_model = _load(reference, opts) if reference is not None else None
     data = Path(data)
     store = SequenceStore(data)
     manifest = _manifest(canaries)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sdir = out / "scores"
+    sdir.mkdir(exist_ok=True)
     skipped: dict[str, str] = {}
     provenance = {"model": {"family": target.family, "source": str(target.source),
                             "fingerprint": target.fingerprint()},
@@ -181,10 +207,11 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
     if ref_model is not None:
         provenance["reference"] = {"family": ref_model.family, "source": str(ref_model.source),
                                    "fingerprint": ref_model.fingerprint()}
+    laps.lap("load")
 
     # ---------------------------------------------------------------- target scores on the store
     log(f"scoring {len(store):,} sequences with the target model ({target.family})")
-    tss = _score(target, data, sdir / "target.h5", opts)
+    tss = _score(target, data, sdir / "target.h5", opts, "scoring (target)", log)
     kinds = np.asarray(store.column("kind"))
     genome = np.flatnonzero(kinds != "canary")
     if store.has_split:
@@ -205,17 +232,19 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
             member = None
         else:
             result.member_log_ppl, result.nonmember_log_ppl = lppl[labels], lppl[~labels]
+    laps.lap("scoring")
 
     # ---------------------------------------------------------------- reference model
     rcols = None
     if ref_model is not None:
         log(f"scoring with the reference model ({ref_model.family})")
-        rss = _score(ref_model, data, sdir / "reference.h5", opts)
+        rss = _score(ref_model, data, sdir / "reference.h5", opts, "scoring (reference)", log)
         rcols = _cols(rss, genome, ("sum_logp", "mean_logp", "n_tokens"))
         result.reference_mode, result.reference_mode_params = rss.mode, dict(rss.mode_params)
         if member is not None:
             rl = log_perplexity(rcols["sum_logp"], rcols["n_tokens"])
             result.reference_member_log_ppl, result.reference_nonmember_log_ppl = rl[labels], rl[~labels]
+        laps.lap("reference")
 
     # ---------------------------------------------------------------- membership inference
     nb_scores = None
@@ -232,6 +261,7 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
         else:
             skipped["reference"] = "no --reference model given"
         scores = MIA.attack_scores(tcols, **kw)
+        laps.lap("mia")
         if opts.neighbours > 0:
             rng = np.random.default_rng([opts.seed, 0xE1])
             pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
@@ -240,18 +270,22 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
             log(f"neighbourhood attack: {opts.neighbours} neighbours x {len(pick):,} sequences")
             _neighbour_store(sdir / "neighbours_input.h5", [seqs[i] for i in pick], opts.neighbours,
                              opts.neighbour_rate, opts.seed)
-            nss = _score(target, sdir / "neighbours_input.h5", sdir / "neighbours.h5", opts)
+            nss = _score(target, sdir / "neighbours_input.h5", sdir / "neighbours.h5", opts,
+                         "scoring (neighbours)", log)
             nb = np.asarray(nss.column("sum_logp")).reshape(len(pick), opts.neighbours)
             nb_scores = (pick, MIA.neighbourhood_score(tcols["sum_logp"][pick], nb))
+            laps.lap("neighbourhood")
         if shadows is not None:
             dirs, inc = _read_shadows(Path(shadows), store)
             log(f"scoring with {len(dirs)} shadow models")
-            sh = np.stack([np.asarray(_score(_load(d, opts), data, sdir / f"shadow_{i:03d}.h5", opts)
+            sh = np.stack([np.asarray(_score(_load(d, opts), data, sdir / f"shadow_{i:03d}.h5", opts,
+                                             f"scoring (shadow {i + 1}/{len(dirs)})", log)
                                       .column("mean_logp"))[genome] for i, d in enumerate(dirs)])
             inc = inc[:, genome]
             scores.update(MIA.attack_scores(tcols, lira_inputs=(sh, inc), mink_percents=()))
             zrows = np.flatnonzero(~labels)
             scores["rmia"] = MIA.rmia(tcols["mean_logp"], sh, tcols["mean_logp"][zrows], sh[:, zrows])
+            laps.lap("shadows")
         else:
             skipped["lira"] = skipped["rmia"] = "no --shadows folder given"
         # the neighbourhood attack is evaluated on its sampled rows only; every other attack on all rows
@@ -261,20 +295,26 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
     # ---------------------------------------------------------------- canaries
     canary_results: list[CanaryResult] = []
     extraction_info = None
+    exposure_plan: list[dict] = []
     if manifest is None:
         skipped["extraction"] = skipped["exposure"] = "no canary manifest given (--canaries)"
     else:
+        from glmjax.audit import candidates as EN
+        from glmjax.audit import extraction as EX
+
         entries = [e for e in manifest["canaries"] if e.get("role", "canary") in ("canary", "control")]
         ks = {len(e["secret"]) for e in entries}
+        exposure_plan = _plan_exposure(target, entries, opts, log)
+        exact_ks = {p["k"] for p in exposure_plan if p["method"] == "exact"}
+        laps.lap("exposure_plan")
         sampled = {e["id"]: _random_secrets(len(e["secret"]), opts.exposure_samples, opts.seed, i)
-                   for i, e in enumerate(entries) if len(e["secret"]) > opts.exact_k_max}
+                   for i, e in enumerate(entries) if len(e["secret"]) not in exact_ks}
         log(f"scoring {len(entries)} canaries" + (f" and {sum(len(v) for v in sampled.values()):,} sampled "
                                                    "candidates" if sampled else ""))
         layout = _canary_store(sdir / "canaries_input.h5", entries, sampled)
-        css = _score(target, sdir / "canaries_input.h5", sdir / "canaries.h5", opts)
+        css = _score(target, sdir / "canaries_input.h5", sdir / "canaries.h5", opts, "scoring (canaries)", log)
         c_lppl = log_perplexity(np.asarray(css.column("sum_logp")), np.asarray(css.column("n_tokens")))
-        from glmjax.audit import candidates as EN
-        from glmjax.audit import extraction as EX
+        laps.lap("canary_scoring")
 
         methods = opts.extraction or (("greedy", "beam") if target.objective == "causal" else ("fill",))
         log(f"extraction ({', '.join(methods)}) of {len(entries)} canaries")
@@ -282,14 +322,30 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
         extracted = {e["id"]: any(r.exact for rep in ext_reports.values() for r in rep.records
                                   if r.canary_id == e["id"]) for e in entries}
         extraction_info = {m: rep.to_dict(reveal=reveal) for m, rep in ext_reports.items()}
-        n_exact = sum(len(e["secret"]) <= opts.exact_k_max for e in entries)
-        log(f"exposure: exact enumeration for {n_exact} canaries (k <= {opts.exact_k_max}), "
-            f"sampled extrapolation for {len(entries) - n_exact}")
+        laps.lap("extraction")
+
+        exact_entries = [e for e in entries if len(e["secret"]) in exact_ks]
+        exact: dict[str, Any] = {}
+        if exact_entries:
+            n_cand = sum(4 ** len(e["secret"]) for e in exact_entries)
+            log(f"exposure: exact enumeration of {n_cand:,} candidates for {len(exact_entries)} canaries")
+            with progress("exposure (exact)", total=n_cand, unit="cand", log=log) as bar:
+                def on_progress(n: int) -> None:
+                    bar.describe(f"exposure (exact, {n}/{len(exact_entries)} canaries)")
+
+                results = EN.exact_exposures(target, exact_entries, on_progress=on_progress,
+                                             on_candidates=bar.advance)
+            exact = {r.canary_id: r for r in results}
+            for row in exposure_plan:
+                if row["method"] == "exact":
+                    row["seconds"] = round(sum(r.seconds for r in results if r.k == row["k"]), 3)
+        n_sampled = len(entries) - len(exact_entries)
+        if n_sampled:
+            log(f"exposure: sampled estimate ({opts.exposure_samples:,} candidates each) for {n_sampled} canaries")
         for e, (row, nsamp) in zip(entries, layout, strict=True):
             k = len(e["secret"])
-            if k <= opts.exact_k_max:
-                ex = EN.exact_exposure(target, e["prefix"], e["secret"], canary_id=e["id"],
-                                       repetitions=int(e.get("repetitions", 0)))
+            if e["id"] in exact:
+                ex = exact[e["id"]]
                 exposure, ci, method = float(ex.exposure), (float(ex.exposure), float(ex.exposure)), "exact"
             else:
                 est = estimate_exposure(float(c_lppl[row]), c_lppl[row + 1:row + 1 + nsamp], n_candidates=4 ** k,
@@ -300,11 +356,14 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
                 extracted=bool(extracted[e["id"]]), n_candidates=4 ** k, secret_sha256=secret_sha256(e["secret"]),
                 exposure_method=method, secret=e["secret"], log_perplexity=float(c_lppl[row])))
         result.canaries = canary_results
+        laps.lap("exposure")
         # the canaries' reference detection needs only the canaries (controls are their null)
         if ref_model is not None:
-            rcs = _score(ref_model, sdir / "canaries_input.h5", sdir / "canaries_reference.h5", opts)
+            rcs = _score(ref_model, sdir / "canaries_input.h5", sdir / "canaries_reference.h5", opts,
+                         "scoring (canaries, reference)", log)
             r_lppl = log_perplexity(np.asarray(rcs.column("sum_logp")), np.asarray(rcs.column("n_tokens")))
             result.reference_canary_log_ppl = np.array([r_lppl[row] for row, _ in layout])
+            laps.lap("reference")
         # one-run audit: canaries included with probability 1/2 vs their held-out twins
         one = [(i, e) for i, e in enumerate(entries) if e.get("role") == "canary" and "included" in e]
         if one and any(not e["included"] for _, e in one) and any(e["included"] for _, e in one):
@@ -312,21 +371,70 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
                               np.array([bool(e["included"]) for _, e in one]))
         provenance["canaries"]["secret_lengths"] = sorted(ks)
 
-    result.config = {"options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+    result.config = {"options": {k: _json_option(v) for k, v in asdict(opts).items()},
                      "skipped": skipped, "data": str(data), "model": str(target.source),
                      "reference": None if ref_model is None else str(ref_model.source),
                      "shadows": None if shadows is None else str(shadows)}
+    log("statistics and report")
     report = evaluate(result, reveal=reveal)
     if extraction_info is not None:
         report["extraction_attacks"] = extraction_info
     if nb_scores is not None:
         pick, nbs = nb_scores
         report["mia"]["neighbourhood"] = _neighbourhood_metrics(labels[pick], nbs, opts)
+    if manifest is not None:
+        report["exposure_plan"] = exposure_plan
     report["skipped"] = skipped
-    report["seconds"] = round(time.perf_counter() - t0, 2)
+    laps.lap("statistics")
+    # writing the report itself comes after its own timings: the one step they cannot include
+    report["timings"], report["seconds"] = laps.rounded()
     paths = write_report(report, out)
     store.close()
-    return AuditOutcome(report, paths, time.perf_counter() - t0)
+    return AuditOutcome(report, paths, time.perf_counter() - laps.t0)
+
+
+def _json_option(v: Any) -> Any:
+    """An option as JSON can hold it: tuples as lists, an infinite budget as ``"inf"``."""
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)
+    return v
+
+
+def _plan_exposure(model: LoadedModel, entries: list[dict], opts: AuditOptions, log) -> list[dict]:
+    """Exact or sampled exposure per secret length, cheapest first: exact when ``k <=
+    exact_k_max`` and the estimated time, added to that of the lengths already chosen, fits
+    ``exact_budget_s``. One row per length: ``k``, ``canaries``, ``candidates``,
+    ``estimated_seconds`` (null when not estimated), ``method`` and ``reason``."""
+    from glmjax.audit import candidates as EN
+
+    by_k: dict[int, list[dict]] = {}
+    for e in entries:
+        by_k.setdefault(len(e["secret"]), []).append(e)
+    plan = []
+    spent = 0.0
+    for k, group in sorted(by_k.items()):
+        row: dict[str, Any] = {"k": k, "canaries": len(group), "candidates": len(group) * 4 ** k,
+                               "estimated_seconds": None}
+        if opts.exact_k_max == 0:
+            row.update(method="sampled", reason="exact enumeration is off (exact_k_max 0)")
+        elif k > opts.exact_k_max:
+            row.update(method="sampled", reason=f"secrets longer than exact_k_max ({opts.exact_k_max})")
+        else:
+            est = EN.estimate_exposure_seconds(model, [e["prefix"] for e in group], k)
+            row["estimated_seconds"] = round(est, 3)
+            if spent + est <= opts.exact_budget_s:
+                spent += est
+                row.update(method="exact", reason=f"estimated time within the {opts.exact_budget_s:g} s budget")
+            else:
+                row.update(method="sampled", reason=f"estimated {est:,.0f} s exceeds the {opts.exact_budget_s:g} s "
+                                                    "budget for exact enumeration (exact_budget_s)")
+        est_text = "" if row["estimated_seconds"] is None else f", exact estimated {row['estimated_seconds']:,.1f} s"
+        log(f"exposure plan, k = {k}: {len(group)} canaries x 4^{k} = {row['candidates']:,} candidates"
+            f"{est_text} -> {row['method']} ({row['reason']})")
+        plan.append(row)
+    return plan
 
 
 def _neighbourhood_metrics(labels: np.ndarray, scores: np.ndarray, opts: AuditOptions) -> dict:
@@ -360,3 +468,10 @@ def headline(report: dict) -> str:
     vec = r.get("worst_vector") or "?"
     src = r.get("sources", {}).get(vec)
     return f"memorization risk {r['worst_case']:.3f} ({r['band']}), set by {vec}" + (f" ({src})" if src else "")
+
+
+def timings_line(report: dict) -> str:
+    """One line: seconds per stage and the total."""
+    stages = report.get("timings", {})
+    parts = [f"{name.replace('_', ' ')} {sec:,.1f} s" for name, sec in stages.items()]
+    return "time: " + " · ".join(parts) + f" = {report.get('seconds', sum(stages.values())):,.1f} s"

@@ -180,6 +180,11 @@ def validate_report(report: Any) -> None:
     elif "mia" in vectors:
         _fail("mia", "risk.vectors has mia but the mia section is null")
 
+    if "timings" in report:
+        _validate_timings(report)
+    if "exposure_plan" in report:
+        _validate_exposure_plan(report["exposure_plan"])
+
     det = _get(report, "detection", "")
     if det is not None:
         _obj(det, "detection")
@@ -195,6 +200,35 @@ def validate_report(report: Any) -> None:
             _fail("detection", "must hold a windows or a canaries result (or be null)")
     elif "detection" in vectors:
         _fail("detection", "risk.vectors has detection but the detection section is null")
+
+
+def _validate_timings(report: dict) -> None:
+    """``timings``: seconds per stage (non-negative), adding up to ``seconds``."""
+    t = _obj(report["timings"], "timings")
+    for name, sec in t.items():
+        _num(sec, f"timings.{name}", 0.0)
+    total = _get(report, "seconds", "")
+    _num(total, "seconds", 0.0)
+    # each stage is rounded to the millisecond, and so is their sum
+    if abs(sum(t.values()) - total) > 1e-3 * (len(t) + 1):
+        _fail("timings", f"the stages add up to {sum(t.values()):.3f} s, not seconds = {total}")
+
+
+def _validate_exposure_plan(plan: Any) -> None:
+    """``exposure_plan``: one row per secret length, exact or sampled, with the reason."""
+    if not isinstance(plan, list):
+        _fail("exposure_plan", "must be a list")
+    for i, row in enumerate(plan):
+        p = f"exposure_plan[{i}]"
+        _obj(row, p)
+        _int(_get(row, "k", p), f"{p}.k", 1)
+        _int(_get(row, "canaries", p), f"{p}.canaries", 1)
+        _int(_get(row, "candidates", p), f"{p}.candidates", 1)
+        _num(_get(row, "estimated_seconds", p), f"{p}.estimated_seconds", 0.0, nullable=True)
+        _str(_get(row, "method", p), f"{p}.method", choices=("exact", "sampled"))
+        _str(_get(row, "reason", p), f"{p}.reason")
+        if "seconds" in row:
+            _num(row["seconds"], f"{p}.seconds", 0.0)
 
 
 def _validate_detection(d: Any, p: str, statistic: str, nulls: tuple[str, ...]) -> None:

@@ -25,7 +25,12 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (default: the model's)")
     p.add_argument("--batch-tokens", type=int, help="tokens per device and forward pass")
     p.add_argument("--exact-k-max", type=int, default=10,
-                   help="enumerate all 4^k candidates for secrets up to k nucleotides (default 10)")
+                   help="enumerate all 4^k candidates for secrets up to k nucleotides (default 10; 0: never "
+                   "enumerate, always use the sampled estimate)")
+    p.add_argument("--exact-budget", type=float, default=120.0, metavar="SECONDS",
+                   help="enumerate only while the estimated time of the exact enumeration stays within this "
+                   "many seconds; longer secret lengths get the sampled estimate, and the report says so "
+                   "(default 120; inf: no limit)")
     p.add_argument("--exposure-samples", type=int, default=4096,
                    help="random candidates per canary for the sampled exposure estimate (longer secrets)")
     p.add_argument("--beam-width", type=int, default=8)
@@ -39,19 +44,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from glmjax.audit.pipeline import AuditOptions, headline, run_audit
+    from glmjax.audit.pipeline import AuditOptions, headline, run_audit, timings_line
     from glmjax.audit.report import print_summary
 
     if not 0 < args.fpr < 1:
         raise ConfigError("--fpr must lie in (0, 1)")
-    if args.exact_k_max < 1 or args.exact_k_max > 16:
-        raise ConfigError("--exact-k-max must lie in 1..16 (4^16 candidates is the most that fits)")
+    if args.exact_k_max < 0 or args.exact_k_max > 16:
+        raise ConfigError("--exact-k-max must lie in 0..16 (0: never enumerate; 4^16 candidates is the most "
+                          "that fits)")
+    if not args.exact_budget >= 0:
+        raise ConfigError("--exact-budget must be a number of seconds >= 0 (inf: no limit)")
     for name in ("model", "data", "canaries", "reference", "shadows"):
         v = getattr(args, name)
         if v is not None and not Path(v).exists():
             raise ConfigError(f"--{name} {v}: no such file or folder")
     opts = AuditOptions(pll=args.pll, dtype={"fp32": "float32", "bf16": "bfloat16"}.get(args.dtype),
                         batch_tokens=args.batch_tokens, exact_k_max=args.exact_k_max,
+                        exact_budget_s=args.exact_budget,
                         exposure_samples=args.exposure_samples, beam_width=args.beam_width,
                         neighbours=args.neighbours, n_bootstrap=args.bootstrap, detection_fpr=args.fpr,
                         seed=args.seed, trust_pickle=args.trust_pickle)
@@ -60,6 +69,7 @@ def run(args) -> int:
     print_summary(res.report)
     for vec, why in res.report.get("skipped", {}).items():
         print(f"skipped {vec}: {why}")
+    print(timings_line(res.report))
     print(headline(res.report))
     print(f"report: {res.paths['html']} ({res.paths['json'].name}), {res.seconds:.1f} s")
     return 0

@@ -497,7 +497,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
           resume: bool = True,
           process_index: int = 0, process_count: int = 1, inflight: int = 3, prefetch: int = 6,
           chunk: int | None = None, on_commit: Callable[[int], None] | None = None,
-          host_workers: int | None = None) -> ScoreSummary:
+          host_workers: int | None = None, label: str = "scoring",
+          log: Callable[[str], None] | None = None) -> ScoreSummary:
     """Score every sequence of ``input_path`` with ``model`` into a ScoreStore at ``out``.
 
     Args:
@@ -523,6 +524,9 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
       on_commit: called with the committed row count after each block is written.
       host_workers: threads that read, tokenize and pad blocks ahead of the devices (default
         :func:`default_host_workers`); results do not depend on it.
+      label: the progress bar's label.
+      log: where plain progress lines go when no terminal bar is shown (see
+        :func:`glmjax.progress.progress`).
 
     Raises:
       GlmjaxError: bad input, options or over-long sequences, before anything is written.
@@ -571,7 +575,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
             summary = _run(source, scorer, writer, lo + writer.rows, hi, hi - lo, tokenizer, model.objective, mode,
                            policy, context, window, per_token,
                            block_bounds(source.lengths()[lo:hi], block_rows, block_nucleotides) + lo,
-                           inflight, prefetch, on_commit, workers=workers)
+                           inflight, prefetch, on_commit, workers=workers, label=label, log=log)
             summary.out = writer.finalize()
             summary.resumed_rows = writer.resumed_rows
             summary.rows = writer.rows
@@ -592,7 +596,8 @@ _STOP = object()
 
 def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, shard_rows: int, tokenizer,
          objective: str, mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
-         bounds: np.ndarray, inflight: int, prefetch: int, on_commit, workers: int = 1) -> ScoreSummary:
+         bounds: np.ndarray, inflight: int, prefetch: int, on_commit, workers: int = 1, label: str = "scoring",
+         log=None) -> ScoreSummary:
     from glmjax.progress import progress
 
     # batch sizes depend on the shard's size, not on what is left of it, so a resumed run builds
@@ -700,7 +705,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
     prod.start()
     wthr.start()
     try:
-        with progress("scoring", total=stop - start, unit="seq") as bar:
+        with progress(label, total=stop - start, unit="seq", log=log) as bar:
             open_block = None
             while True:
                 kind, obj = batches.get()

@@ -115,6 +115,7 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.source = source
         self._fwd = None
+        self._fingerprint = None
 
     @property
     def family(self) -> str:
@@ -160,14 +161,28 @@ class LoadedModel:
         self._fwd = None
 
     def fingerprint(self) -> str:
-        """A short hash of the parameters (for provenance)."""
-        import hashlib
+        """A short hash of the parameters (for provenance).
 
+        Hashed once per set of parameter arrays: a model scored several times (store, canaries,
+        neighbours) pays for it once, and any update that replaces a parameter rehashes."""
+        import hashlib
+        import weakref
+
+        leaves = jax.tree_util.tree_leaves(nnx.state(self.module, nnx.Param))
+        cached = self._fingerprint
+        if cached is not None and len(cached[0]) == len(leaves) and all(
+                r() is leaf for r, leaf in zip(cached[0], leaves, strict=True)):
+            return cached[1]
         h = hashlib.sha256()
         h.update(self.family.encode())
-        for leaf in jax.tree_util.tree_leaves(nnx.state(self.module, nnx.Param)):
+        for leaf in leaves:
             h.update(np.asarray(leaf, np.float32).tobytes())
-        return h.hexdigest()[:16]
+        try:  # weak references: a freed parameter can never be mistaken for a live one
+            refs = [weakref.ref(leaf) for leaf in leaves]
+        except TypeError:
+            return h.hexdigest()[:16]
+        self._fingerprint = (refs, h.hexdigest()[:16])
+        return self._fingerprint[1]
 
 
 def config_to_dict(cfg: Any) -> dict:
