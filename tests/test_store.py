@@ -69,6 +69,14 @@ def test_batches_and_index_access(tmp_path):
         np.testing.assert_array_equal(st[np.int64(4)], recs[4].codes)
         for a, i in zip(st.take([9, 2, 9]), [9, 2, 9], strict=True):
             np.testing.assert_array_equal(a, recs[i].codes)
+        # runs of consecutive rows, gaps, repeats and any order: each row as read alone
+        pick = [22, 3, 4, 5, 0, 21, 4, 10, 11, 1]
+        for a, i in zip(st.take(np.array(pick)), pick, strict=True):
+            np.testing.assert_array_equal(a, recs[i].codes)
+        assert st.take([]) == []
+        for bad in ([3, 23], [-1]):
+            with pytest.raises(IndexError):
+                st.take(bad)
         sub = list(st.iter_batches(batch_size=4, start=10, stop=15))
         assert [lo for lo, _ in sub] == [10, 14]
         assert [r.id for r in st.records(20)] == ["seq20", "seq21", "seq22"]

@@ -127,18 +127,27 @@ def choose_canaries_per_call(k: int, block: int, bytes_per_node: int, shared_byt
 def count_calls(k: int, block: int) -> int:
     """Jitted expansions of one walk of depth ``k`` with level block ``block`` (same walk as
     :class:`_Walker`; 0 for ``k == 1``)."""
+    return sum(count_level_and_leaf_calls(k, block))
+
+
+def count_level_and_leaf_calls(k: int, block: int) -> tuple[int, int]:
+    """``(level expansions, leaf expansions)`` of one walk of depth ``k`` with level block
+    ``block``."""
     if k == 1:
-        return 0
+        return 0, 0
     size = block // 4
 
-    def walk(depth: int, valid: int) -> int:
-        calls = 0
+    def walk(depth: int, valid: int) -> tuple[int, int]:
+        level = leaf = 0
         for start in range(0, valid, size):
             real = min(size, valid - start)
-            calls += 1 if depth == k - 2 else 1 + walk(depth + 1, 4 * real)
-        return calls
+            if depth == k - 2:
+                leaf += 1
+            else:
+                below = walk(depth + 1, 4 * real)
+                level, leaf = level + 1 + below[0], leaf + below[1]
+        return level, leaf
 
-    # every block of a level below the top has the same shape: count one subtree per full block
     return walk(0, 1)
 
 
@@ -150,13 +159,10 @@ class _Walker:
     fill the rest with copies of real states, whose children are computed and ignored.
     """
 
-    #: leaf blocks allowed in flight before the walk waits for the oldest (keeps the device busy
-    #: and the progress report truthful: a reported block has been computed, not just queued)
-    INFLIGHT = 8
-
     def __init__(self, dec: CausalDecoder, params: Any, shared: Any, base_ids: np.ndarray, k: int, block: int,
                  on_leaves: Callable[[int], None] | None = None):
         self.on_leaves = on_leaves
+        self.reported = 0  # leaf blocks passed to on_leaves (computed ones only, never queued ones)
         self.params = params
         self.shared = shared
         self.base_ids = jnp.asarray(base_ids, jnp.int32)
@@ -178,13 +184,29 @@ class _Walker:
             if depth == self.k - 2:
                 out = self.leaves(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.pieces.append(((offset + start) * 16, 16 * real, out))
-                if self.on_leaves is not None and len(self.pieces) > self.INFLIGHT:
-                    done = self.pieces[-1 - self.INFLIGHT]
-                    done[2].block_until_ready()
-                    self.on_leaves(done[1])
+                if self.on_leaves is not None:
+                    self.report(wait=len(self.pieces) - self.reported > self.MAX_AHEAD)
             else:
                 cs, cc, cl = self.level(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.walk(cs, cc, cl, depth + 1, (offset + start) * 4, 4 * real)
+
+
+    #: with a progress callback, leaf blocks the host may queue ahead of the last one reported
+    #: (enough to keep the device busy, few enough that the progress stays current)
+    MAX_AHEAD = 64
+
+    def report(self, wait: bool) -> None:
+        """Pass the leaf blocks the device has finished, in order, to ``on_leaves``: without
+        ``wait``, those already computed (a poll, the device stays busy); with it, all but
+        ``MAX_AHEAD`` of them."""
+        while self.reported < len(self.pieces):
+            piece = self.pieces[self.reported][2]
+            if not piece.is_ready():
+                if not (wait and len(self.pieces) - self.reported > self.MAX_AHEAD):
+                    return
+                piece.block_until_ready()
+            self.on_leaves(self.pieces[self.reported][1])
+            self.reported += 1
 
 
 def _expanders(dec: CausalDecoder) -> tuple[Any, Any]:
@@ -301,7 +323,8 @@ def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarr
                 # one batched device-to-host copy of all leaf blocks (transfers overlap)
                 host = jax.device_get([piece for _, _, piece in walker.pieces])
                 if on_candidates is not None:
-                    on_candidates(len(chunk) * sum(c for _, c, _ in walker.pieces[-walker.INFLIGHT:]))
+                    walker.MAX_AHEAD = 0
+                    walker.report(wait=True)
                 for (start, count, _), arr in zip(walker.pieces, host, strict=True):
                     out[chunk, start:start + count] = arr[:len(chunk), :count]
                 stats.calls += walker.calls
@@ -326,8 +349,8 @@ def causal_candidate_logprobs(model: Any, prefix: str | np.ndarray, k: int,
 def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: int,
                           memory_limit: int | None = None) -> float:
     """Predicted seconds of :func:`causal_candidate_logprobs_many` on these prefixes (compilation
-    excluded): one level expansion is compiled and timed on the first prefix group's shapes, and
-    multiplied by the number of expansions the walks take."""
+    excluded): one level and one leaf expansion are compiled and timed on the first prefix group's
+    shapes, and multiplied by the number of each the walks take."""
     if k == 1 or not len(prefixes):
         return 0.0
     dec = CausalDecoder.of(model)
@@ -339,7 +362,7 @@ def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: i
         groups[int(e.shape[0])] = groups.get(int(e.shape[0]), 0) + 1
     suffix_len = max(k - 1, 1)
     prefix_fn = _prefix_fn(dec, suffix_len)
-    level, _ = _expanders(dec)
+    level, leaves = _expanders(dec)
     devices = len(jax.local_devices())
     total = 0.0
     per_call = None
@@ -354,11 +377,14 @@ def estimate_walk_seconds(model: Any, prefixes: Sequence[str | np.ndarray], k: i
             logits, shared, state = prefix_fn(dec.params, ids)
             root, cum, lp4 = _root_level(state, trie.base_log_probs(logits, jnp.asarray(base_ids)), blk)
             args = (dec.params, shared, root, cum, lp4, jnp.asarray(base_ids), jnp.asarray(0, jnp.int32))
-            jax.block_until_ready(level(*args, size=blk // 4))           # compile
-            t1 = time.perf_counter()
-            jax.block_until_ready(level(*args, size=blk // 4))
-            per_call = time.perf_counter() - t1
-        total += -(-count // cpc) * count_calls(k, blk) * per_call
+            per_call = []
+            for fn in (level, leaves):                      # the two expansions, compiled, then timed
+                jax.block_until_ready(fn(*args, size=blk // 4))
+                t1 = time.perf_counter()
+                jax.block_until_ready(fn(*args, size=blk // 4))
+                per_call.append(time.perf_counter() - t1)
+        n_level, n_leaf = count_level_and_leaf_calls(k, blk)
+        total += -(-count // cpc) * (n_level * per_call[0] + n_leaf * per_call[1])
     return total
 
 

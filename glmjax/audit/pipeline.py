@@ -418,9 +418,9 @@ def _plan_exposure(model: LoadedModel, entries: list[dict], opts: AuditOptions, 
         row: dict[str, Any] = {"k": k, "canaries": len(group), "candidates": len(group) * 4 ** k,
                                "estimated_seconds": None}
         if opts.exact_k_max == 0:
-            row.update(method="sampled", reason="exact enumeration is off (exact_k_max 0)")
+            row.update(method="sampled", reason="exact enumeration is off (--exact-k-max 0)")
         elif k > opts.exact_k_max:
-            row.update(method="sampled", reason=f"secrets longer than exact_k_max ({opts.exact_k_max})")
+            row.update(method="sampled", reason=f"secrets longer than --exact-k-max {opts.exact_k_max}")
         else:
             est = EN.estimate_exposure_seconds(model, [e["prefix"] for e in group], k)
             row["estimated_seconds"] = round(est, 3)
@@ -429,7 +429,7 @@ def _plan_exposure(model: LoadedModel, entries: list[dict], opts: AuditOptions, 
                 row.update(method="exact", reason=f"estimated time within the {opts.exact_budget_s:g} s budget")
             else:
                 row.update(method="sampled", reason=f"estimated {est:,.0f} s exceeds the {opts.exact_budget_s:g} s "
-                                                    "budget for exact enumeration (exact_budget_s)")
+                                                    "budget for exact enumeration (--exact-budget)")
         est_text = "" if row["estimated_seconds"] is None else f", exact estimated {row['estimated_seconds']:,.1f} s"
         log(f"exposure plan, k = {k}: {len(group)} canaries x 4^{k} = {row['candidates']:,} candidates"
             f"{est_text} -> {row['method']} ({row['reason']})")
