@@ -45,6 +45,7 @@ from glmjax.audit.decoding import (
     base_token_ids,
     causal_prefix_ids,
     codes_to_index,
+    covering_tokens,
     index_to_codes,
     token_strings,
 )
@@ -430,14 +431,8 @@ def estimate_exposure_seconds(model: Any, prefixes: Sequence[str | np.ndarray], 
 def secret_token_positions(tokenizer: Any, prefix: np.ndarray, secret: np.ndarray) -> tuple[np.ndarray, Any]:
     """Token positions of ``prefix + secret`` covering at least one secret nucleotide, and the
     encoding: ``(positions int [m], Encoded)``."""
-    codes = np.concatenate([prefix, secret]).astype(np.uint8)
-    enc = tokenizer.encode_codes(codes)
-    nts = enc.nucleotides.astype(np.int64)
-    end = np.cumsum(nts)
-    start = end - nts
-    p = prefix.shape[0]
-    cover = (nts > 0) & (end > p) & (start < p + secret.shape[0])
-    return np.flatnonzero(cover), enc
+    pos, enc, _, _ = covering_tokens(tokenizer, prefix, secret)
+    return pos, enc
 
 
 def candidate_token_groups(tokenizer: Any, prefix: np.ndarray,

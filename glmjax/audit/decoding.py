@@ -58,6 +58,19 @@ def causal_prefix_ids(tokenizer: Tokenizer, prefix: np.ndarray) -> np.ndarray:
     return ids
 
 
+def covering_tokens(tokenizer: Tokenizer, prefix: np.ndarray, body: np.ndarray):
+    """Encode ``prefix + body`` and find the tokens that cover at least one nucleotide of
+    ``body``: ``(positions int [m], Encoded, nucleotides per token int64 [T], first nucleotide of
+    each token int64 [T])``."""
+    enc = tokenizer.encode_codes(np.concatenate([prefix, body]).astype(np.uint8))
+    nts = enc.nucleotides.astype(np.int64)
+    end = np.cumsum(nts)
+    start = end - nts
+    p = prefix.shape[0]
+    pos = np.flatnonzero((nts > 0) & (end > p) & (start < p + body.shape[0]))
+    return pos, enc, nts, start
+
+
 def as_codes(seq: str | np.ndarray) -> np.ndarray:
     """uint8 codes of a DNA string (or a code array, returned as uint8)."""
     if isinstance(seq, str):

@@ -42,6 +42,7 @@ from glmjax.audit.decoding import (
     as_codes,
     base_token_ids,
     causal_prefix_ids,
+    covering_tokens,
     token_strings,
 )
 from glmjax.errors import CanaryError, ConfigError
@@ -341,13 +342,8 @@ def fill_layout(tokenizer: Any, prefix: np.ndarray, secret: np.ndarray, layout: 
         raise ConfigError(f"fill layout must be 'canary' or 'placeholder' (got {layout!r})")
     k = secret.shape[0]
     body = secret if layout == "canary" else np.zeros(k, np.uint8)
-    codes = np.concatenate([prefix, body]).astype(np.uint8)
-    enc = tokenizer.encode_codes(codes)
-    nts = enc.nucleotides.astype(np.int64)
-    end = np.cumsum(nts)
-    start = end - nts
+    pos, enc, nts, start = covering_tokens(tokenizer, prefix, body)
     p = prefix.shape[0]
-    pos = np.flatnonzero((nts > 0) & (end > p) & (start < p + k))
     widths = nts[pos]
     wmax = int(widths.max()) if pos.shape[0] else 1
     known = np.full((pos.shape[0], wmax), -1, np.int8)
