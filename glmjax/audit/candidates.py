@@ -186,7 +186,7 @@ class _Walker:
                 out = self.leaves(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.pieces.append(((offset + start) * 16, 16 * real, out))
                 if self.on_leaves is not None:
-                    self.report(wait=len(self.pieces) - self.reported > self.MAX_AHEAD)
+                    self.report(ahead=self.MAX_AHEAD)
             else:
                 cs, cc, cl = self.level(self.params, self.shared, state, cum, logp4, self.base_ids, s, size=size)
                 self.walk(cs, cc, cl, depth + 1, (offset + start) * 4, 4 * real)
@@ -196,14 +196,14 @@ class _Walker:
     #: (enough to keep the device busy, few enough that the progress stays current)
     MAX_AHEAD = 64
 
-    def report(self, wait: bool) -> None:
-        """Pass the leaf blocks the device has finished, in order, to ``on_leaves``: without
-        ``wait``, those already computed (a poll, the device stays busy); with it, all but
-        ``MAX_AHEAD`` of them."""
+    def report(self, ahead: int | None) -> None:
+        """Pass the leaf blocks the device has finished, in order, to ``on_leaves``: those already
+        computed (a poll, the device stays busy), and with ``ahead`` set, after waiting, all but
+        the last ``ahead`` of them."""
         while self.reported < len(self.pieces):
             piece = self.pieces[self.reported][2]
             if not piece.is_ready():
-                if not (wait and len(self.pieces) - self.reported > self.MAX_AHEAD):
+                if ahead is None or len(self.pieces) - self.reported <= ahead:
                     return
                 piece.block_until_ready()
             self.on_leaves(self.pieces[self.reported][1])
@@ -324,8 +324,7 @@ def causal_candidate_logprobs_many(model: Any, prefixes: Sequence[str | np.ndarr
                 # one batched device-to-host copy of all leaf blocks (transfers overlap)
                 host = jax.device_get([piece for _, _, piece in walker.pieces])
                 if on_candidates is not None:
-                    walker.MAX_AHEAD = 0
-                    walker.report(wait=True)
+                    walker.report(ahead=0)
                 for (start, count, _), arr in zip(walker.pieces, host, strict=True):
                     out[chunk, start:start + count] = arr[:len(chunk), :count]
                 stats.calls += walker.calls
