@@ -18,7 +18,15 @@ import pytest
 import glmjax.models
 from glmjax.audit.decoding import base_token_ids, causal_prefix_ids, index_to_codes
 
-CAUSAL_FAMILIES = ("llama", "gpt2", "hyenadna", "mamba")
+CAUSAL_FAMILIES = ("llama", "gpt2", "hyenadna", "mamba", "evo1", "evo2")
+# Evo's tiny models compile for much longer than the others (five operator kinds, FIR states):
+# its heavier parametrisations run with -m slow, the ones named in ``keep`` also by default
+
+
+def causal_params(*keep: str) -> list:
+    """``CAUSAL_FAMILIES`` as pytest parameters, Evo families marked slow unless in ``keep``."""
+    return [pytest.param(f, marks=pytest.mark.slow) if f.startswith("evo") and f not in keep else f
+            for f in CAUSAL_FAMILIES]
 PREFIX_LEN = 9
 K = 6
 

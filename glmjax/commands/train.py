@@ -10,7 +10,7 @@ from glmjax.errors import ConfigError
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", help="model family (required for a preset config): "
-                   "nt, llama, gpt2, hyenadna, caduceus, dnabert2, mamba")
+                   "nt, llama, gpt2, hyenadna, caduceus, dnabert2, mamba, evo1, evo2")
     p.add_argument("--config", default="tiny",
                    help="a preset name of the family (tiny, small, ...) for training from scratch, "
                         "or a checkpoint folder to fine-tune (default: tiny)")

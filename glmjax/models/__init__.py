@@ -4,7 +4,8 @@
 >>> model.family, model.objective, model.tokenizer.encode("ACGT"), model.logits(ids)
 
 Families (module -> registry name): ``nt`` (Nucleotide Transformer v1/v2), ``llama`` and ``gpt2``
-(causal transformer baselines), ``hyenadna``, ``caduceus`` (PH and PS), ``dnabert2``, ``mamba`` (causal Mamba v1 LM).
+(causal transformer baselines), ``hyenadna``, ``caduceus`` (PH and PS), ``dnabert2``, ``mamba`` (causal Mamba v1 LM),
+``evo1`` / ``evo2`` (StripedHyena 1 and 2, :mod:`glmjax.models.evo`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from glmjax.models.checkpoints import (
     restore_glmjax_state,
 )
 
-# registry name -> module defining ``SPEC: FamilySpec``
+# registry name -> module defining ``SPEC: FamilySpec`` (or ``module:ATTRIBUTE`` naming the spec)
 FAMILY_MODULES = {
     "nt": "glmjax.models.nt",
     "llama": "glmjax.models.llama",
@@ -37,6 +38,8 @@ FAMILY_MODULES = {
     "caduceus": "glmjax.models.caduceus",
     "dnabert2": "glmjax.models.dnabert2",
     "mamba": "glmjax.models.mamba",
+    "evo1": "glmjax.models.evo:EVO1_SPEC",
+    "evo2": "glmjax.models.evo:EVO2_SPEC",
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -47,14 +50,15 @@ __all__ = ["FamilySpec", "LoadedModel", "build", "families", "get_family", "load
 def families() -> dict[str, FamilySpec]:
     """All registered families, by name (families whose module is absent are left out)."""
     out = {}
-    for name, modname in FAMILY_MODULES.items():
+    for name, target in FAMILY_MODULES.items():
+        modname, _, attr = target.partition(":")
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
             if e.name == modname:
                 continue
             raise
-        out[name] = mod.SPEC
+        out[name] = getattr(mod, attr or "SPEC")
     return out
 
 
@@ -116,7 +120,8 @@ def load(path: str | Path, trust_pickle: bool = False, dtype: Any = None) -> Loa
         cfg = _with_dtype(cfg, dtype)
         module = _filled_module(spec, cfg, lambda m: restore_glmjax_state(path, m))
         return LoadedModel(spec, cfg, module, spec.tokenizer(cfg, path), source=str(path))
-    if (path / "config.json").exists():
+    native = spec.load_dir is not None and spec.detect_dir is not None and spec.detect_dir(path)
+    if (path / "config.json").exists() and not native:
         cfg = spec.config_cls.from_hf(read_config_json(path))
         cfg = _with_dtype(cfg, dtype)
         src = read_hf_tensors(path, trust_pickle=trust_pickle)

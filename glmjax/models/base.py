@@ -59,6 +59,8 @@ class FamilySpec:
         ``load_dir(path, trust_pickle) -> (config, flat NNX params)``.
       config_dir: optional ``(path) -> config`` for such folders, read without loading weights
         (``glmjax models info`` uses it; a pickle is never opened for it).
+      notes: optional ``(config) -> list[str]``: caveats ``glmjax models info`` prints (e.g. a
+        published precision glmjax does not reproduce).
       gpu_compiler_options: XLA options the family's scoring programs compile with on GPUs
         (measured per family in ``scripts/bench_forward.py``; see BENCHMARKS.md).
     """
@@ -76,6 +78,7 @@ class FamilySpec:
     detect_dir: Callable[[Path], bool] | None = None
     load_dir: Callable[[Path, bool], tuple[Any, dict]] | None = None
     config_dir: Callable[[Path], Any] | None = None
+    notes: Callable[[Any], list[str]] | None = None
     gpu_compiler_options: dict[str, Any] = field(default_factory=dict)
 
 
