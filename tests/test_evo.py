@@ -16,6 +16,7 @@ from conftest import SHARED, GoldenCase, rel_err
 from flax import nnx
 
 import glmjax.models as gm
+from glmjax import alphabet
 from glmjax.errors import CheckpointError, ConfigError, SequenceError
 from glmjax.models import evo
 
@@ -56,8 +57,8 @@ def test_golden_tokenizer(golden_pair):
     family, case, model = golden_pair
     tok = model.tokenizer
     want = case.inputs["input_ids_before_masking"]
-    ids, _, _ = tok.pad_batch([tok.encode_codes(__import__("glmjax").alphabet.encode(s))
-                               for s in case.inputs["sequences"]], want.shape[1])
+    ids, _, _ = tok.pad_batch([tok.encode_codes(alphabet.encode(s)) for s in case.inputs["sequences"]],
+                              want.shape[1])
     np.testing.assert_array_equal(ids, want)
     assert (tok.bos_id == 0) == (family == "evo1") and tok.pad_id == 1 and tok.padding_side == "right"
 
@@ -265,6 +266,7 @@ def test_config_validation_and_detection(tmp_path):
 
     info = describe(tmp_path)
     assert info["family"] == "evo2" and info["context_length"] == 32768
+    assert any("FP8" in line for line in info["notes"])
     assert info["parameters"] == _formula_params(evo.Evo2Config.preset("evo2-7b-8k"))
 
 

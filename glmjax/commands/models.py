@@ -116,6 +116,7 @@ def describe(path: str | Path) -> dict:
         "tokenizer_vocab_size": int(tok.vocab_size),
         "format": fmt,
         "source": source,
+        "notes": spec.notes(cfg) if spec.notes is not None else [],
         "config": cfg.to_dict(),
     }
 
@@ -138,6 +139,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("vocab size", str(info["vocab_size"])),
             ("tokenizer", f"{info['tokenizer']} ({info['tokenizer_vocab_size']} ids)"),
             ("format", info["format"]), ("source", info["source"])]
+    rows += [("note", line) for line in info["notes"]]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

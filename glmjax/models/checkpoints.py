@@ -18,6 +18,7 @@ the NNX parameter state).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -84,7 +85,7 @@ def read_hf_tensors(path: Path, trust_pickle: bool = False) -> TensorSource:
     index = path / "model.safetensors.index.json"
     tensors: dict[str, np.ndarray] = {}
     if single.exists():
-        tensors = _read_safetensors(single)
+        tensors = read_safetensors(single)
         origin = str(single)
     elif index.exists():
         try:
@@ -94,17 +95,18 @@ def read_hf_tensors(path: Path, trust_pickle: bool = False) -> TensorSource:
         for fn in files:
             if not (path / fn).exists():
                 raise CheckpointError(f"{index} names shard {fn} which is missing from {path}")
-            tensors.update(_read_safetensors(path / fn))
+            tensors.update(read_safetensors(path / fn))
         origin = str(index)
     elif (path / "pytorch_model.bin").exists():
-        tensors = _read_torch_bin(path / "pytorch_model.bin")
+        tensors = read_torch_state([path / "pytorch_model.bin"])
         origin = str(path / "pytorch_model.bin")
     else:
         raise CheckpointError(f"{path} has no model.safetensors, safetensors index or pytorch_model.bin")
     return TensorSource(tensors, origin)
 
 
-def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+def read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as numpy (bf16 through torch)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -125,18 +127,79 @@ def _read_safetensors_torch(file: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(str(file)).items()}
 
 
-def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
+class _Parts(io.RawIOBase):
+    """Several files read as one seekable stream (the split ``.pt.part*`` files of Evo 2 40B)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = [open(f, "rb") for f in files]  # noqa: SIM115 - closed in close()
+        self.sizes = [f.stat().st_size for f in files]
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.starts[-1]}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view) and self.pos < self.starts[-1]:
+            i = int(np.searchsorted(self.starts, self.pos, side="right") - 1)
+            f = self.files[i]
+            f.seek(self.pos - self.starts[i])
+            n = f.readinto(view[done:done + min(len(view) - done, self.starts[i + 1] - self.pos)])
+            if not n:
+                break
+            done += n
+            self.pos += n
+        return done
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        super().close()
+
+
+def read_torch_state(files: list[Path]) -> dict[str, np.ndarray]:
+    """A torch state dict from one file (``pytorch_model.bin``, ``.pt``) or the ordered pieces of
+    a split one (Evo 2's ``.pt.part*``, read as one stream, never joined on disk), through
+    ``torch.load(weights_only=True)`` (never a full unpickle). Non-tensor entries (Transformer
+    Engine ``_extra_state`` blobs) are left out; a ``{"model": state_dict}`` wrapper is opened."""
     try:
         import torch
     except ImportError:
-        raise CheckpointError(f"{file} is a PyTorch pickle; install torch to read it safely "
+        raise CheckpointError(f"{files[0]} is a PyTorch pickle; install torch to read it safely "
                               "(weights_only=True), or convert it to safetensors") from None
+    stream = str(files[0]) if len(files) == 1 else io.BufferedReader(_Parts(files), buffer_size=1 << 22)
     try:
-        sd = torch.load(str(file), map_location="cpu", weights_only=True)
+        sd = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for refused/garbled pickles
-        raise CheckpointError(f"{file} could not be loaded with weights_only=True ({type(e).__name__}); "
+        raise CheckpointError(f"{files[0]} could not be loaded with weights_only=True ({type(e).__name__}); "
                               "it may contain code: convert it to safetensors from a trusted environment") from None
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    finally:
+        if not isinstance(stream, str):
+            stream.close()
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{files[0]} does not hold a state dict")
+    if "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    out = {}
+    for k, v in sd.items():
+        if not hasattr(v, "detach"):
+            continue  # e.g. Transformer Engine _extra_state blobs
+        t = v.detach()
+        out[k] = t.float().numpy() if t.is_floating_point() else t.numpy()
+    return out
 
 
 def _to_f32(v: np.ndarray) -> np.ndarray:

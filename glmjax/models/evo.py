@@ -53,10 +53,8 @@ filter states.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +68,7 @@ from glmjax.errors import CheckpointError, ConfigError, SequenceError
 from glmjax.kernels.attention import attention, prefix_shared_attention
 from glmjax.kernels.fftconv import fftconv
 from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
-from glmjax.models.checkpoints import TensorSource
+from glmjax.models.checkpoints import TensorSource, read_safetensors, read_torch_state
 from glmjax.models.layers import (
     apply_rope,
     cache_key_mask,
@@ -212,10 +210,6 @@ class EvoConfig:
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return self.vocab_size
 
     def inv_freq(self) -> np.ndarray:
         """Rotary inverse frequencies: :attr:`rotary_inv_freq` if set, else
@@ -742,11 +736,12 @@ class EvoBlock(nnx.Module):
         u = u + self.out_filter_dense(y.astype(z.dtype)).astype(jnp.float32)
         return self._mlp(u), (z, w)
 
-    def mix_step(self, u: jax.Array, st: dict, attend: Callable) -> tuple[jax.Array, dict]:
-        """One token per row ``u [N, d]``; ``attend(attn_module, x, st)`` runs the attention step."""
+    def mix_step(self, u: jax.Array, st: dict, shared: dict, attend: Callable) -> tuple[jax.Array, dict]:
+        """One token per row ``u [N, d]``; ``attend(attn_module, x, st, shared)`` runs the attention
+        step (``shared``: this block's prefix keys/values in shared-prefix decoding)."""
         x = self.pre_norm(u).astype(jnp.dtype(self.compute))
         if self.kind == "attn":
-            a, st = attend(self.inner_mha_cls, x, st)
+            a, st = attend(self.inner_mha_cls, x, st, shared)
             return self._mlp(u + a.astype(jnp.float32)), st
         z = self.projections(x)
         y, st = self.filter.step(st, z)
@@ -775,13 +770,18 @@ class Evo(nnx.Module):
         h = self.norm(u).astype(self.config.compute_dtype)
         return lm_logits(h, self.embedding_layer.embedding[...], transposed=True)
 
-    def _forward(self, input_ids: jax.Array) -> tuple[jax.Array, list]:
+    def _trunk(self, input_ids: jax.Array) -> tuple[jax.Array, list]:
+        """float32 residual stream after the last block, and each block's decoding aux."""
         self._check_length(input_ids.shape[1])
         u = self.embedding_layer(input_ids.astype(jnp.int32)).astype(jnp.float32)
         aux = []
         for block in self.blocks:
             u, a = block(u)
             aux.append(a)
+        return u, aux
+
+    def _forward(self, input_ids: jax.Array) -> tuple[jax.Array, list]:
+        u, aux = self._trunk(input_ids)
         return self._head(u), aux
 
     @float32_matmuls
@@ -793,10 +793,7 @@ class Evo(nnx.Module):
     @float32_matmuls
     def hidden_states(self, input_ids: jax.Array) -> jax.Array:
         """Output of the final norm ``[B, L, d]`` (float32), before the tied unembedding."""
-        u = self.embedding_layer(input_ids.astype(jnp.int32)).astype(jnp.float32)
-        for block in self.blocks:
-            u, _ = block(u)
-        return self.norm(u)
+        return self.norm(self._trunk(input_ids)[0])
 
     # -- incremental decoding ------------------------------------------------------------------
 
@@ -833,11 +830,11 @@ class Evo(nnx.Module):
         layers = self._states(aux, lambda k, v: {"k": jnp.pad(k, pad), "v": jnp.pad(v, pad)})
         return logits, {"pos": jnp.full((b,), t, jnp.int32), "layers": layers}
 
-    def _step(self, token_ids: jax.Array, layers: tuple, attend: Callable) -> tuple[jax.Array, tuple]:
+    def _step(self, token_ids: jax.Array, layers: tuple, shared: tuple, attend: Callable) -> tuple[jax.Array, tuple]:
         u = self.embedding_layer(token_ids.astype(jnp.int32)).astype(jnp.float32)
         new = []
-        for block, st in zip(self.blocks, layers, strict=True):
-            u, st = block.mix_step(u, st, attend)
+        for block, st, sh in zip(self.blocks, layers, shared, strict=True):
+            u, st = block.mix_step(u, st, sh, attend)
             new.append(st)
         return self._head(u), tuple(new)
 
@@ -846,10 +843,11 @@ class Evo(nnx.Module):
         """One token per row (int ``[B]``): (float32 logits ``[B, V]``, advanced cache)."""
         pos = cache["pos"]
 
-        def attend(mha, x, st):
+        def attend(mha, x, st, shared):
             return mha.step(x, st, pos)
 
-        logits, layers = self._step(token_ids, cache["layers"], attend)
+        layers = cache["layers"]
+        logits, layers = self._step(token_ids, layers, (None,) * len(layers), attend)
         return logits, {"pos": pos + 1, "layers": layers}
 
     @float32_matmuls
@@ -871,8 +869,7 @@ class Evo(nnx.Module):
         ``[C, M, V]``, advanced row state)."""
         c, m = token_ids.shape
         pos = state["pos"]
-        offset = next((sh["k"].shape[1] for sh in shared["layers"] if sh), 0)
-        layer_shared = iter([sh for sh in shared["layers"] if sh])
+        offset = next((sh["k"].shape[1] for sh in shared["layers"] if sh), 0)  # prefix tokens
 
         def flat(a):
             return a.reshape(c * m, *a.shape[2:])
@@ -880,12 +877,11 @@ class Evo(nnx.Module):
         def unflat(a):
             return a.reshape(c, m, *a.shape[1:])
 
-        def attend(mha, x, st):
-            sh = next(layer_shared)
+        def attend(mha, x, st, sh):
             a, st = mha.step_shared(x.reshape(c, m, -1), sh, jax.tree.map(unflat, st), pos, offset)
             return a.reshape(c * m, -1), jax.tree.map(flat, st)
 
-        logits, layers = self._step(flat(token_ids), jax.tree.map(flat, state["layers"]), attend)
+        logits, layers = self._step(flat(token_ids), jax.tree.map(flat, state["layers"]), shared["layers"], attend)
         return unflat(logits), {"pos": pos + 1, "layers": jax.tree.map(unflat, layers)}
 
 
@@ -950,7 +946,8 @@ def convert(src: TensorSource, cfg: EvoConfig) -> dict[tuple, np.ndarray]:
     out: dict[tuple, np.ndarray] = {("embedding_layer", "embedding"): src.take(f"{p}embedding_layer.weight",
                                                                                (cfg.vocab_size, d))}
     out[("norm", "scale")] = src.take(f"{p}norm.scale", (d,))
-    ignore = [r"_extra_state$"]
+    # Transformer Engine metadata, rotary buffers (see stored_inv_freq), cached time vectors
+    ignore = [r"_extra_state$", r"\.rotary_emb\.inv_freq$", r"\.filter\.t$"]
     for key in (f"{p}unembed.weight", "unembed.weight"):
         if key in src:  # tied: a stored copy must be the embedding itself
             if not np.array_equal(src.take(key, (cfg.vocab_size, d)), out[("embedding_layer", "embedding")]):
@@ -974,7 +971,6 @@ def convert(src: TensorSource, cfg: EvoConfig) -> dict[tuple, np.ndarray]:
             if b is not None:
                 out[(*mp, "Wqkv", "bias")] = b
             _linear_in(out, src, f"{mk}.out_proj", (*mp, "out_proj"), d, d, cfg.mha_out_proj_bias)
-            ignore.append(re.escape(f"{mk}.rotary_emb.inv_freq") + "$")
             continue
         _linear_in(out, src, f"{bp}projections", (*path, "projections"), d, 3 * d, cfg.proj_bias)
         _linear_in(out, src, f"{bp}out_filter_dense", (*path, "out_filter_dense"), d, d, cfg.hyena_out_proj_bias)
@@ -988,7 +984,6 @@ def convert(src: TensorSource, cfg: EvoConfig) -> dict[tuple, np.ndarray]:
         if kind == "modal":
             out[(*fp, "poles")] = src.take(f"{fk}.poles", (d, s, 1, 2))[:, :, 0]
             out[(*fp, "residues")] = src.take(f"{fk}.residues", (d, s, 1, 2))[:, :, 0]
-            ignore.append(re.escape(f"{fk}.t") + "$")  # a cached time vector in some exports
         elif kind == "hcl":
             out[(*fp, "log_poles")] = src.take(f"{fk}.log_poles", (d, s, 1))[..., 0]
             out[(*fp, "residues")] = src.take(f"{fk}.residues", (d, s))
@@ -1019,78 +1014,6 @@ def stored_inv_freq(src: TensorSource, cfg: EvoConfig) -> EvoConfig:
     return dataclasses.replace(cfg, rotary_inv_freq=tuple(float(x) for x in found))
 
 
-class _Parts(io.RawIOBase):
-    """Several files read as one seekable stream (the split ``.pt.part*`` files of Evo 2 40B)."""
-
-    def __init__(self, files: list[Path]):
-        self.files = [open(f, "rb") for f in files]  # noqa: SIM115 - closed in close()
-        self.sizes = [f.stat().st_size for f in files]
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.starts[-1]}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buf) -> int:
-        view = memoryview(buf).cast("B")
-        done = 0
-        while done < len(view) and self.pos < self.starts[-1]:
-            i = int(np.searchsorted(self.starts, self.pos, side="right") - 1)
-            f = self.files[i]
-            f.seek(self.pos - self.starts[i])
-            n = f.readinto(view[done:done + min(len(view) - done, self.starts[i + 1] - self.pos)])
-            if not n:
-                break
-            done += n
-            self.pos += n
-        return done
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-        super().close()
-
-
-def read_torch_state(files: list[Path]) -> dict[str, np.ndarray]:
-    """A torch state dict from one ``.pt`` file or its ordered ``.part*`` pieces, through
-    ``torch.load(weights_only=True)`` (never a full unpickle)."""
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{files[0]}: reading a .pt checkpoint needs PyTorch (weights_only loading); "
-                              "install torch or provide the same tensors as safetensors") from None
-    stream = io.BufferedReader(_Parts(files), buffer_size=1 << 22)
-    try:
-        sd = torch.load(stream, map_location="cpu", weights_only=True, mmap=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for refused/garbled pickles
-        raise CheckpointError(f"{files[0]} could not be loaded with weights_only=True ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    finally:
-        stream.close()
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{files[0]} does not hold a state dict")
-    if "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]
-    out = {}
-    for k, v in sd.items():
-        if not hasattr(v, "detach"):
-            continue  # e.g. Transformer Engine _extra_state blobs
-        t = v.detach()
-        out[k] = t.float().numpy() if t.is_floating_point() else t.numpy()
-    return out
-
-
 def _weight_files(path: Path) -> tuple[str, list[Path]] | None:
     """The Evo 2 weights of a folder: ``("safetensors", files)`` or ``("torch", files)``."""
     st = sorted(path.glob("*.safetensors"))
@@ -1102,7 +1025,7 @@ def _weight_files(path: Path) -> tuple[str, list[Path]] | None:
     if len(pts) > 1:
         raise CheckpointError(f"{path} holds several .pt files ({', '.join(p.name for p in pts[:4])}); "
                               "keep one checkpoint per folder")
-    parts = sorted(path.glob("*.pt.part*"), key=lambda p: int(re.sub(r"\D", "", p.name.rsplit("part", 1)[1]) or 0))
+    parts = sorted(path.glob("*.pt.part*"), key=lambda p: (len(p.name), p.name))  # part2 before part10
     if parts:
         stems = {p.name.rsplit(".pt.part", 1)[0] for p in parts}
         if len(stems) > 1:
@@ -1168,11 +1091,9 @@ def load_dir_evo2(path: Path, trust_pickle: bool = False) -> tuple[Evo2Config, d
         raise CheckpointError(f"{path}: no Evo 2 weights (*.safetensors, *.pt or *.pt.part*)")
     kind, files = found
     if kind == "safetensors":
-        from glmjax.models.checkpoints import _read_safetensors
-
         tensors: dict[str, np.ndarray] = {}
         for f in files:
-            tensors.update(_read_safetensors(f))
+            tensors.update(read_safetensors(f))
     else:
         tensors = read_torch_state(files)
     src = TensorSource(tensors, str(files[0]))
