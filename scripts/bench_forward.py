@@ -29,7 +29,17 @@ profiler trace and ``torch.profiler``): the kernels that take the time, grouped 
 to the peer can be traced to GEMMs, attention or element-wise fusions.
 
 Prints one JSON object (also written to ``--out`` if given). Families with a peer: ``nt`` (v1
-shapes: stock ``EsmForMaskedLM``). Add one by writing a :class:`FamilyBench` entry in ``FAMILIES``.
+shapes: stock ``EsmForMaskedLM``); ``evo1`` and ``evo2`` (the reference ``stripedhyena`` and
+``vortex`` code, imported from ``--peer-src DIR``: that folder holds ``stripedhyena/``,
+``vortex/`` (its ``ops/__init__.py`` emptied where the CUDA extension is absent), the Python
+modules of ``flash_attn`` they import (``modules/mha.py``, ``layers/rotary.py``,
+``ops/triton/rotary.py``, ``utils/distributed.py``, an ``__init__.py`` without the CUDA
+interface), ``configs/SHAPE.yml`` (the published model yaml, e.g. ``configs/evo2-7b-8k.yml``;
+``configs/evo1-tiny.yml``/``evo2-tiny.yml`` for ``--smoke``) and optionally ``PROVENANCE.txt``
+(copied into the report); without it only glmjax is timed). Add one by writing a
+:class:`FamilyBench` entry in ``FAMILIES``.
+
+    python scripts/bench_forward.py --family evo2 --shape evo2-7b-8k --seq-tokens 8192 --batch 1 --peer-src PEERS
 """
 
 from __future__ import annotations
@@ -79,7 +89,7 @@ class Setup:
     state: Any
     ids: np.ndarray
     mask: np.ndarray
-    peer_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    peer_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # None: no peer on this machine
     peer_info: dict
     flops_per_token: float
 
@@ -158,8 +168,217 @@ def nt_setup(shape: str, dtype: str, seq_tokens: int, batch: int, seed: int, dev
     return Setup(cfg, graphdef, state, ids, mask, peer_logits, info, nt_flops_per_token(cfg, seq_tokens))
 
 
+# ---------------------------------------------------------------------------------------------
+# Evo 1 (StripedHyena) and Evo 2 (StripedHyena 2)
+#
+# The peers are the reference implementations themselves, imported from ``--peer-src``: a folder
+# holding the ``stripedhyena`` package (Evo 1), the ``vortex`` package (Evo 2) and the Python
+# modules of ``flash_attn`` they import (``modules/mha.py``, ``layers/rotary.py`` with its Triton
+# rotary kernel, ``utils/distributed.py``; an ``__init__`` without the CUDA extension). They run
+# their pure-PyTorch paths: ``use_flash_attn=False`` (the torch attention classes), no
+# flashfftconv, no Transformer Engine (``use_fp8_input_projections=False``: bf16 projections).
+# The peer's model yaml is ``{peer_src}/configs/{shape}.yml``; glmjax builds its own config from
+# the same file through its loader, so both sides run the same architecture.
+
+EVO_PEER_OVERRIDES = {"use_flash_attn": False, "use_flashfft": False, "use_flash_depthwise": False,
+                      "use_flash_rmsnorm": False, "use_fp8_input_projections": False, "print_activations": False}
+
+
+class _AttrDict(dict):
+    """The references' ``dotdict``: attribute access, ``None`` for a missing key."""
+
+    __getattr__ = dict.get
+    __setattr__ = dict.__setitem__
+
+
+def _torch_apply_rotary(x, cos, sin, seqlen_offsets=0, cu_seqlens=None, max_seqlen=None, interleaved=False,
+                        inplace=False, conjugate=False):
+    """The Triton rotary kernel's math in torch (GPT-NeoX halves), for CPU smoke runs only."""
+    if cu_seqlens is not None or interleaved:
+        raise RuntimeError("the CPU rotary fallback covers the non-interleaved, padded layout only")
+    seq = x.shape[1]
+    if isinstance(seqlen_offsets, int):
+        c, s = cos[seqlen_offsets:seqlen_offsets + seq][None, :, None], sin[seqlen_offsets:seqlen_offsets + seq][None, :, None]
+    else:
+        idx = seqlen_offsets[:, None] + torch.arange(seq, device=x.device)[None]
+        c, s = cos[idx][:, :, None], sin[idx][:, :, None]
+    if conjugate:
+        s = -s
+    half = cos.shape[-1]
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:2 * half]
+    out = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c, xf[..., 2 * half:]], dim=-1).to(x.dtype)
+    if inplace:
+        x.copy_(out)
+        return x
+    return out
+
+
+def _import_evo_peer(generation: int, peer_src: str | None, device: torch.device):
+    """The reference ``StripedHyena`` class of this generation, imported from ``peer_src``."""
+    from glmjax.errors import ConfigError
+
+    if not peer_src:
+        raise ConfigError("the Evo peer needs --peer-src DIR (stripedhyena, vortex and flash_attn's Python "
+                          "modules); without it only glmjax is timed")
+    src = Path(peer_src).resolve()
+    if not src.is_dir():
+        raise ConfigError(f"--peer-src {peer_src}: no such folder")
+    sys.path.insert(0, str(src))
+    if device.type != "cuda":  # no Triton on the CPU: the kernel's math in torch
+        import types
+
+        for name in ("flash_attn.ops.triton.rotary", "vortex.ops.embedding.rotary"):
+            mod = types.ModuleType(name)
+            mod.apply_rotary = _torch_apply_rotary
+            sys.modules[name] = mod
+        import contextlib
+
+        torch.cuda.device = lambda *_a, **_k: contextlib.nullcontext()  # vortex enters it unconditionally
+    import logging
+
+    logging.getLogger("StripedHyena").setLevel(logging.ERROR)
+    if generation == 1:
+        from stripedhyena.model import StripedHyena
+    else:
+        import tempfile
+
+        here = os.getcwd()
+        with tempfile.TemporaryDirectory() as tmp:  # vortex opens an activations_debug.log in the working folder
+            os.chdir(tmp)
+            try:
+                from vortex.model.model import StripedHyena
+            finally:
+                os.chdir(here)
+    return StripedHyena
+
+
+def evo_matmul_flops_per_token(cfg, length: int) -> float:
+    """2 x the multiply-adds of every dense projection (Hyena in/out projections, Wqkv and out of the
+    attention blocks, the gated MLPs, the tied LM head) + attention score and value products
+    (4 x L x d per attention layer). The convolutions (FFT long filters, short and medium FIRs) are
+    not counted: they are not matmuls, so this is the FLOP count against the matmul peak."""
+    d, f = cfg.hidden_size, cfg.inner_mlp_size
+    attn = sum(1 for k in cfg.layers if k == "attn")
+    hyena = cfg.num_layers - attn
+    per_attn = 3 * d * d + d * d
+    per_hyena = 3 * d * d + d * d
+    mlp = 3 * d * f
+    matmul = attn * per_attn + hyena * per_hyena + cfg.num_layers * mlp + d * cfg.vocab_size
+    return 2.0 * matmul + attn * 4 * length * d
+
+
+def _evo_setup(generation: int, shape: str, dtype: str, seq_tokens: int, batch: int, seed: int,
+               device: torch.device, peer_src: str | None = None) -> Setup:
+    import yaml
+
+    from glmjax.errors import ConfigError
+    from glmjax.models import evo
+
+    cls = evo.Evo1Config if generation == 1 else evo.Evo2Config
+    peer_cls = peer_err = None
+    try:
+        peer_cls = _import_evo_peer(generation, peer_src, device)
+    except (ConfigError, ImportError) as e:
+        peer_err = f"{type(e).__name__}: {e}"
+    yml = Path(peer_src or ".") / "configs" / (f"{shape}.yml" if shape.startswith("evo") else
+                                               f"evo{generation}-{shape}.yml")
+    if peer_cls is not None and yml.is_file():
+        raw = yaml.safe_load(yml.read_text())
+        cfg32 = cls.from_hf(raw)
+    elif shape == "tiny":
+        cfg32 = cls.tiny()
+        raw = None
+    else:
+        cfg32 = cls.preset(shape)
+        raw = None
+        if peer_cls is not None:
+            peer_err, peer_cls = f"no peer model yaml {yml}", None
+    if seq_tokens > cfg32.max_len:
+        raise ConfigError(f"--seq-tokens {seq_tokens} exceeds the {cfg32.max_len}-token context of {shape}")
+    cfg = cls.from_dict({**cfg32.to_dict(), "dtype": dtype, "fp8_input_projections": False})
+
+    peer = None
+    if peer_cls is not None and raw is None:  # tiny: the reference yaml of the tiny config
+        peer_cls, peer_err = None, f"no peer model yaml {yml}"
+    if peer_cls is not None:
+        torch.manual_seed(seed)
+        tdt = DTYPES[dtype][1]
+        pcfg = _AttrDict({**raw, **EVO_PEER_OVERRIDES, "max_seqlen": max(int(raw.get("max_seqlen") or 0), seq_tokens),
+                          "max_batch_size": batch, "attn_block_dtype": tdt, "mlp_dtype": tdt,
+                          "hyena_block_dtype": tdt, "depthwise_dtype": tdt})
+        with torch.device(device):
+            peer = peer_cls(pcfg).eval()
+        peer = peer.to(device)
+        with torch.no_grad():
+            for name, prm in peer.named_parameters():
+                if name.endswith("log_poles"):  # vortex draws randn log-poles (|pole| > 1 diverges): decaying poles
+                    prm.copy_(torch.log(torch.empty_like(prm).uniform_(0.5, 0.99)))
+                elif name.endswith("residues") and prm.dim() == 2:
+                    prm.mul_(0.1)
+        if dtype == "float32":
+            peer = peer.float()
+        # the references' own bf16 conversion keeps poles and residues in fp32
+        if dtype == "bfloat16":
+            if generation == 1:
+                peer.to_bfloat16_except_poles_residues()
+            else:
+                peer.to_bfloat16_except_pr_lc()
+        tensors = {k: v.detach().float().cpu().numpy() for k, v in peer.state_dict().items()
+                   if not k.endswith("_extra_state")}
+        # a live reference module holds Wqkv in its runtime [Q; K; V] layout (the (h, 3, hd)
+        # training layout is permuted when a checkpoint is loaded): convert it as such
+        flat = evo.convert(TensorSource(tensors, "reference peer"),
+                           cls.from_dict({**cfg.to_dict(), "wqkv_per_head": False}))
+        del tensors
+        module = nnx.eval_shape(lambda: evo.build(cfg, nnx.Rngs(0)))
+        fill_module(module, flat, origin="reference peer")
+        del flat
+    else:
+        module = evo.build(cfg, nnx.Rngs(seed))
+    graphdef, state = nnx.split(module)
+    # the serving representation: bf16 weights, the long filters' poles and residues in fp32 (as
+    # the reference's to_bfloat16_except_pr_lc)
+
+    def cast(path, x):
+        keep = any(str(getattr(k, "key", k)) in ("poles", "log_poles", "residues") for k in path)
+        return x if keep else x.astype(cfg.compute_dtype)
+
+    state = jax.tree_util.tree_map_with_path(cast, state)
+
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(np.array([65, 67, 71, 84], np.int32), size=(batch, seq_tokens))  # A C G T bytes
+    if generation == 1:
+        ids[:, 0] = 0  # BOS
+    mask = np.ones_like(ids, dtype=bool)
+
+    def peer_logits(tids: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+        return peer(tids)[0]
+
+    info = {"class": f"{'stripedhyena' if generation == 1 else 'vortex'}.model.StripedHyena",
+            "overrides": EVO_PEER_OVERRIDES}
+    if peer is None:
+        info = {"error": peer_err}
+    else:
+        prov = Path(peer_src) / "PROVENANCE.txt"
+        if prov.is_file():
+            info["source"] = prov.read_text().strip().splitlines()
+    return Setup(cfg, graphdef, state, ids, mask, peer_logits if peer is not None else None, info,
+                 evo_matmul_flops_per_token(cfg, seq_tokens))
+
+
+def evo1_setup(*args, **kw) -> Setup:
+    return _evo_setup(1, *args, **kw)
+
+
+def evo2_setup(*args, **kw) -> Setup:
+    return _evo_setup(2, *args, **kw)
+
+
 FAMILIES: dict[str, FamilyBench] = {
     "nt": FamilyBench(default_shape="v1-500m", smoke_shape="tiny", setup=nt_setup),
+    "evo1": FamilyBench(default_shape="evo1-7b-8k", smoke_shape="tiny", setup=evo1_setup),
+    "evo2": FamilyBench(default_shape="evo2-7b-8k", smoke_shape="tiny", setup=evo2_setup),
 }
 
 
@@ -302,7 +521,8 @@ def run(args) -> dict:
     if args.smoke:
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
-    s = bench.setup(shape, dtype_name, args.seq_tokens, args.batch, args.seed, device)
+    extra = {"peer_src": args.peer_src} if args.family.startswith("evo") else {}
+    s = bench.setup(shape, dtype_name, args.seq_tokens, args.batch, args.seed, device, **extra)
     tokens = int(s.mask.sum())
 
     # glmjax, compiled as the scoring engine compiles it
@@ -331,24 +551,28 @@ def run(args) -> dict:
             logp = s.peer_logits(tids, tmask).float().log_softmax(-1)
             return logp.gather(-1, tids[..., None])[..., 0] * tmask
 
+    has_peer = s.peer_logits is not None
     # the two sides alternate, round by round, so that clock and temperature drift reach both
     ours_times, peer_times, round_ratios = [], [], []
     for r in range(args.rounds):
         warm = args.warmup if r == 0 else 1
         t_ours = timed(ours, lambda y: y.block_until_ready(), args.iters, warm)
-        t_peer = timed(peer_score, lambda _: torch_sync(device), args.iters, warm)
         ours_times += t_ours
-        peer_times += t_peer
-        round_ratios.append(statistics.median(t_peer) / statistics.median(t_ours))
+        if has_peer:
+            t_peer = timed(peer_score, lambda _: torch_sync(device), args.iters, warm)
+            peer_times += t_peer
+            round_ratios.append(statistics.median(t_peer) / statistics.median(t_ours))
     ours_pipe = pipelined(ours, lambda y: y.block_until_ready(), args.iters, 1)
-    peer_pipe = pipelined(peer_score, lambda _: torch_sync(device), args.iters, 1)
     ours_logp = np.asarray(ours())
-    peer_logp = peer_score().cpu().numpy()
+    if has_peer:
+        peer_pipe = pipelined(peer_score, lambda _: torch_sync(device), args.iters, 1)
+        peer_logp = peer_score().cpu().numpy()
     profiles = None
     if args.profile:
-        profiles = {"glmjax": profile_jax(ours, 2),
-                    "torch": profile_torch(peer_score, 2, device) if device.type == "cuda" else
-                    {"error": "torch.profiler records CUDA kernels only"}}
+        profiles = {"glmjax": profile_jax(ours, 2)}
+        if has_peer:
+            profiles["torch"] = (profile_torch(peer_score, 2, device) if device.type == "cuda" else
+                                 {"error": "torch.profiler records CUDA kernels only"})
     del s.peer_logits
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -357,8 +581,8 @@ def run(args) -> dict:
     jax_peak = jax_matmul_peak(n, jnp.dtype(dtype_name), max(args.iters, 10))
     torch_peak = torch_matmul_peak(n, torch_dtype, max(args.iters, 10), device)
 
-    ours_med, peer_med = statistics.median(ours_times), statistics.median(peer_times)
-    ours_tps, peer_tps = tokens / ours_med, tokens / peer_med
+    ours_med = statistics.median(ours_times)
+    ours_tps = tokens / ours_med
     fpt = s.flops_per_token
     cfg = s.config
     report = {
@@ -366,8 +590,8 @@ def run(args) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "family": args.family, "shape": shape, "dtype": dtype_name,
         "seq_tokens": args.seq_tokens, "batch": args.batch, "tokens_per_batch": tokens,
-        "config": {k: getattr(cfg, k) for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size",
-                                                 "vocab_size") if hasattr(cfg, k)},
+        "config": {k: getattr(cfg, k) for k in ("num_layers", "hidden_size", "num_heads", "num_attention_heads",
+                                                 "intermediate_size", "inner_mlp_size", "vocab_size") if hasattr(cfg, k)},
         "jax_device": str(jax.devices()[0].device_kind), "jax_backend": jax.default_backend(),
         "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
@@ -379,18 +603,23 @@ def run(args) -> dict:
         "glmjax": {"median_s": ours_med, "min_s": min(ours_times), "tokens_per_s": ours_tps,
                    "tflops": fpt * ours_tps / 1e12, "fraction_of_peak": fpt * ours_tps / jax_peak,
                    "compile_s": compile_s, "pipelined_s": ours_pipe, "pipelined_tokens_per_s": tokens / ours_pipe},
-        "torch": {"median_s": peer_med, "min_s": min(peer_times), "tokens_per_s": peer_tps,
-                  "tflops": fpt * peer_tps / 1e12, "fraction_of_peak": fpt * peer_tps / torch_peak,
-                  "pipelined_s": peer_pipe, "pipelined_tokens_per_s": tokens / peer_pipe},
-        "speedup_vs_torch": ours_tps / peer_tps,
-        "speedup_per_round": [round(x, 4) for x in round_ratios],
-        "speedup_vs_torch_pipelined": peer_pipe / ours_pipe,
-        "max_abs_logp_diff_vs_torch": float(np.abs(ours_logp - peer_logp).max()),
-        "mean_logp": {"glmjax": float(ours_logp[s.mask].mean()), "torch": float(peer_logp[s.mask].mean())},
         "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
         "compiler_options": options or {},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+    if has_peer:
+        peer_med = statistics.median(peer_times)
+        peer_tps = tokens / peer_med
+        report.update({
+            "torch": {"median_s": peer_med, "min_s": min(peer_times), "tokens_per_s": peer_tps,
+                      "tflops": fpt * peer_tps / 1e12, "fraction_of_peak": fpt * peer_tps / torch_peak,
+                      "pipelined_s": peer_pipe, "pipelined_tokens_per_s": tokens / peer_pipe},
+            "speedup_vs_torch": ours_tps / peer_tps,
+            "speedup_per_round": [round(x, 4) for x in round_ratios],
+            "speedup_vs_torch_pipelined": peer_pipe / ours_pipe,
+            "max_abs_logp_diff_vs_torch": float(np.abs(ours_logp - peer_logp).max()),
+            "mean_logp": {"glmjax": float(ours_logp[s.mask].mean()), "torch": float(peer_logp[s.mask].mean())},
+        })
     if profiles is not None:
         report["profile"] = profiles
     return report
@@ -415,6 +644,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU, a few iterations")
     ap.add_argument("--profile", action="store_true", help="add a per-kernel device-time breakdown (GPU)")
+    ap.add_argument("--peer-src", default=None,
+                    help="evo1/evo2: folder with the reference packages (stripedhyena, vortex, flash_attn's Python "
+                    "modules) and configs/SHAPE.yml; without it only glmjax is timed")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.smoke:

@@ -289,3 +289,31 @@ def test_fresh_model_limits_roundtrip_and_bf16(family, tmp_path):
     lp32 = jax.nn.log_softmax(jnp.asarray(logits), -1)
     lp16 = jax.nn.log_softmax(bf.logits(ids), -1)
     assert float(jnp.abs(lp16 - lp32).max()) < 0.05
+
+
+@pytest.mark.parametrize("family", ["evo1", "evo2"])
+def test_bench_forward_smoke_without_peer(family, capsys):
+    """scripts/bench_forward.py --family evo* --smoke without --peer-src: glmjax alone is timed,
+    the report says why there is no peer, and FLOPs/token = 2 x (every dense kernel + the tied
+    head) + the attention products, counted here from the built module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from glmjax.models.checkpoints import param_paths
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_forward.py"
+    spec = importlib.util.spec_from_file_location("bench_forward", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    report = bench.main(["--family", family, "--smoke", "--dtype", "fp32", "--seq-tokens", "16", "--batch", "1",
+                         "--iters", "1", "--warmup", "1", "--peak-n", "64"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    assert "--peer-src" in report["peer"]["error"] and "torch" not in report
+    assert report["glmjax"]["tokens_per_s"] > 0
+    cfg = (evo.Evo1Config if family == "evo1" else evo.Evo2Config).tiny()
+    abstract = nnx.eval_shape(lambda: evo.build(cfg, nnx.Rngs(0)))
+    kernels = sum(int(np.prod(shape)) for p, shape in param_paths(abstract).items() if p[-1] == "kernel")
+    attention = sum(k == "attn" for k in cfg.layers) * 4 * 16 * cfg.hidden_size
+    assert report["flops_per_token"] == 2 * (kernels + cfg.vocab_size * cfg.hidden_size) + attention
