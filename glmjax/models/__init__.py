@@ -93,6 +93,10 @@ def detect(path: str | Path) -> FamilySpec:
         for spec in fams.values():
             if spec.detect(cfg):
                 return spec
+        for spec in fams.values():
+            reason = spec.reject(cfg) if spec.reject is not None else None
+            if reason:
+                raise CheckpointError(f"{path}: {reason}")
         mt = cfg.get("model_type")
         raise CheckpointError(f"{path}: config.json model_type {mt!r} / architectures "
                               f"{cfg.get('architectures')} is not a supported family "

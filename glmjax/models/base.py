@@ -59,6 +59,9 @@ class FamilySpec:
         ``load_dir(path, trust_pickle) -> (config, flat NNX params)``.
       config_dir: optional ``(path) -> config`` for such folders, read without loading weights
         (``glmjax models info`` uses it; a pickle is never opened for it).
+      reject: optional ``(config_json: dict) -> str | None``: for a ``config.json`` of a published
+        relative of the family that glmjax cannot audit (e.g. an encoder without its LM head),
+        the one-line reason; ``detect`` stays False for it.
       notes: optional ``(config) -> list[str]``: caveats ``glmjax models info`` prints (e.g. a
         published precision glmjax does not reproduce).
       gpu_compiler_options: XLA options the family's scoring programs compile with on GPUs
@@ -78,6 +81,7 @@ class FamilySpec:
     detect_dir: Callable[[Path], bool] | None = None
     load_dir: Callable[[Path, bool], tuple[Any, dict]] | None = None
     config_dir: Callable[[Path], Any] | None = None
+    reject: Callable[[dict], str | None] | None = None
     notes: Callable[[Any], list[str]] | None = None
     gpu_compiler_options: dict[str, Any] = field(default_factory=dict)
 

@@ -127,14 +127,37 @@ class DNABERT2Config:
         return config_from_dict(cls, d)
 
 
-def detect(cfg: dict) -> bool:
-    """True for a DNABERT-2 ``config.json``: a BERT masked LM whose config carries the ALiBi remote
-    code's ``alibi_starting_size`` or whose ``auto_map`` points at ``bert_layers`` (plain BERT has
-    neither)."""
-    if cfg.get("model_type") != "bert" or "BertForMaskedLM" not in (cfg.get("architectures") or []):
-        return False
+def _dnabert2_code(cfg: dict) -> bool:
+    """The config carries DNABERT-2's remote code: ALiBi's ``alibi_starting_size`` or an
+    ``auto_map`` into ``bert_layers`` (plain BERT has neither)."""
     auto = cfg.get("auto_map") or {}
     return "alibi_starting_size" in cfg or any("bert_layers" in str(v) for v in auto.values())
+
+
+def detect(cfg: dict) -> bool:
+    """True for a DNABERT-2 ``config.json``: a BERT masked LM with DNABERT-2's remote code. The
+    published file exists in two forms: with ``model_type: bert`` and ``architectures:
+    [BertForMaskedLM]``, and the older hub revision with neither, whose ``auto_map`` names
+    ``bert_layers.BertForMaskedLM``."""
+    if not _dnabert2_code(cfg) or cfg.get("model_type", "bert") != "bert":
+        return False
+    archs = cfg.get("architectures")
+    if archs is None:
+        return "BertForMaskedLM" in str((cfg.get("auto_map") or {}).get("AutoModelForMaskedLM", ""))
+    return "BertForMaskedLM" in archs
+
+
+def reject(cfg: dict) -> str | None:
+    """Why a DNABERT-2-derived encoder (DNABERT-S: ``architectures: [BertModel]``) cannot be
+    audited: its checkpoint holds no masked-LM head, so there is no per-token likelihood to
+    measure (a head initialised here would measure nothing the model learned)."""
+    if not _dnabert2_code(cfg) or cfg.get("model_type", "bert") != "bert":
+        return None
+    archs = cfg.get("architectures") or []
+    if archs and "BertForMaskedLM" not in archs:
+        return (f"architectures {archs}: a DNABERT-2 encoder without its masked-LM head (e.g. DNABERT-S, an "
+                "embedding model); glmjax audits language models, which need the head's token likelihoods")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +356,7 @@ SPEC = FamilySpec(
     build=build,
     tokenizer=tokenizer,
     detect=detect,
+    reject=reject,
     convert_hf=convert_hf,
     description="DNABERT-2 (BPE masked LM, ALiBi, GeGLU, post-LN; zhihan1996/DNABERT-2-117M)",
     architecture_class="masked-transformer",
