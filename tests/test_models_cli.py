@@ -1,4 +1,4 @@
-"""``glmjax models info | convert | list``."""
+"""``glmjax models info | convert | list | presets``."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_info_of_every_registered_family(family, tmp_path, capsys):
     assert (info["family"], info["objective"], info["architecture_class"]) == \
         (family, spec.objective, spec.architecture_class)
     assert info["vocab_size"] == cfg.vocab_size
-    assert info["context_length"] == getattr(cfg, "max_len", info["context_length"])
+    assert info["context_length"] == cfg.max_len
     assert info["parameters"] > 0 and info["format"] == "glmjax"
     if family == "nt":
         assert info["parameters"] == models.build("nt", cfg).num_params()
@@ -103,3 +103,42 @@ def test_list(capsys):
     assert main(["models", "list", "--json"]) == 0
     fams = {f["family"]: f for f in json.loads(capsys.readouterr().out)}
     assert fams["nt"]["objective"] == "masked" and fams["nt"]["architecture_class"] == "masked-transformer"
+
+    assert set(fams) == set(models.families())
+    assert fams["evo2"]["presets"][:3] == ["tiny", "evo2-1b-8k", "evo2-7b-8k"]
+
+
+@pytest.mark.parametrize("family", sorted(models.families()))
+def test_every_config_satisfies_the_family_contract(family):
+    """Every family's config is a ModelConfig: its presets build, round-trip through to_dict /
+    from_dict, and carry a positive context and vocabulary; an unknown name is a ConfigError."""
+    from glmjax.errors import ConfigError
+    from glmjax.models.base import ModelConfig
+
+    cls = models.get_family(family).config_cls
+    names = cls.preset_names()
+    assert "tiny" in names and len(set(names)) == len(names)
+    for name in names:
+        cfg = cls.preset(name)
+        assert isinstance(cfg, ModelConfig) and isinstance(cfg, cls)
+        assert cls.from_dict(cfg.to_dict()) == cfg
+        assert cfg.max_len > 0 and cfg.vocab_size > 0 and cfg.dtype == "float32"
+    assert cls.preset("tiny") == cls.tiny()
+    with pytest.raises(ConfigError, match="preset"):
+        cls.preset("no-such-preset")
+
+
+def test_presets_command(capsys):
+    """`glmjax models presets FAMILY`: one row per preset with the abstract parameter count."""
+    capsys.readouterr()
+    assert main(["models", "presets", "llama", "--json"]) == 0
+    rows = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
+    cfg = models.get_family("llama").config_cls.preset("small")
+    assert list(rows) == list(models.get_family("llama").config_cls.preset_names())
+    assert rows["small"]["parameters"] == models.build("llama", cfg).num_params()
+    assert (rows["small"]["context_length"], rows["small"]["width"], rows["small"]["layers"]) == (1024, 384, 8)
+    assert main(["models", "presets", "hyenadna"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["preset", "parameters", "context"] and out[-1].startswith("large-1m")
+    assert main(["models", "presets", "nope"]) == 2
+    assert "unknown model family 'nope'" in capsys.readouterr().err

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from glmjax.engine import batching, sharding
-from glmjax.engine.runner import Scorer, ScoringMode, context_length, target_mask
+from glmjax.engine.runner import Scorer, ScoringMode, target_mask
 
 BANDWIDTH_BOUND_CLASSES = ("long-convolution", "state-space")
 
@@ -104,10 +104,10 @@ def synthetic_batch(scorer: Scorer, seq_len: int, seed: int = 0, rows: int | Non
     tok = scorer.model.tokenizer
     rng = np.random.default_rng(seed)
     probe = batching.tokenize_block(tok, rng.integers(0, 4, seq_len).astype(np.uint8), np.array([0, seq_len]))
-    ctx = context_length(scorer.model)
+    ctx = scorer.model.config.max_len
     policy = batching.padding_policy(scorer.model.objective, scorer.model.family, scorer.model.spec.architecture_class)
     n_tok = int(probe.lengths[0])
-    if ctx is not None and n_tok > ctx:
+    if n_tok > ctx:
         from glmjax.errors import ConfigError
 
         raise ConfigError(f"{seq_len} nt are {n_tok} tokens, more than the model's context of {ctx}; "

@@ -138,17 +138,6 @@ def parse_mode(objective: str, pll: str | None = None, seed: int = 0) -> Scoring
                       "random:K[:FRACTION] (e.g. random:8 masks 15% per copy)")
 
 
-def context_length(model) -> int | None:
-    """The model's context in tokens (None when the family has no limit)."""
-    cfg = model.config
-    for name in ("max_len", "max_position_embeddings", "n_positions", "max_seq_len", "l_max",
-                 "context_length"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
-
-
 def default_batch_tokens() -> int:
     """Tokens per device and forward pass: 64k on accelerators, 4k on CPU."""
     return 4096 if jax.default_backend() == "cpu" else 65536
@@ -552,7 +541,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         n = len(source)
         lo, hi = shard_range(n, process_index, process_count)
         tokenizer = model.tokenizer
-        context = context_length(model)
+        context = model.config.max_len
         check_lengths(source, lo, hi, tokenizer, context, window)
         mesh = sharding.make_mesh(devices)
         need_tokens = per_token or window is not None

@@ -16,8 +16,9 @@ Module contract (Flax NNX), for every family:
   ``module.decode_step(cache, token_ids int32 [B]) -> (logits [B, V], cache)``; feeding a sequence
   one token at a time gives the same logits as the full forward pass (tested per family).
 
-Configs are frozen dataclasses with ``tiny()`` (for tests), ``from_hf(config_json: dict)`` and
-``to_dict()/from_dict()`` (for glmjax's own checkpoints).
+Configs are frozen dataclasses satisfying :class:`ModelConfig`: ``max_len``, ``vocab_size``,
+``dtype``, ``tiny()`` (for tests), ``preset(name)`` / ``preset_names()``,
+``from_hf(config_json: dict)`` and ``to_dict()/from_dict()`` (for glmjax's own checkpoints).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,42 @@ import numpy as np
 from flax import nnx
 
 from glmjax.tokenizers import Tokenizer
+
+
+@runtime_checkable
+class ModelConfig(Protocol):
+    """What the engine, the audit and the CLI read from any family's config.
+
+    ``max_len``: the context in tokens (the position table, the trained window, or the default
+    window of a family without a hard limit); ``vocab_size``: the rows of the embedding;
+    ``dtype``: the compute dtype's name (parameters stay float32).
+    """
+
+    @property
+    def max_len(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @classmethod
+    def tiny(cls) -> ModelConfig: ...
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig: ...
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]: ...
+
+    @classmethod
+    def from_hf(cls, d: dict) -> ModelConfig: ...
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig: ...
+
+    def to_dict(self) -> dict: ...
 
 
 @dataclass(frozen=True)

@@ -133,12 +133,9 @@ class CaduceusConfig:
         return cls(d_model=32, n_layer=2, d_state=8, rcps=rcps, max_len=256)
 
     @classmethod
-    def preset(cls, name: str) -> CaduceusConfig:
-        """Published sizes: ``ph-131k`` / ``ps-131k`` (kuleshov-group/caduceus-{ph,ps}_seqlen-131k_
-        d_model-256_n_layer-16: 16 BiMamba blocks, d 256, N 16, 7.7M parameters); ``ph-1k``
-        (caduceus-ph_seqlen-1k_d_model-118_n_layer-4); ``ps-1k`` (caduceus-ps_seqlen-1k_d_model-256_
-        n_layer-4); ``tiny`` / ``tiny-ps``."""
-        presets = {
+    def _preset_table(cls) -> dict:
+        # name -> a callable that builds the config
+        return {
             "tiny": lambda: cls.tiny(False),
             "tiny-ps": lambda: cls.tiny(True),
             "ph-131k": lambda: cls(d_model=256, n_layer=16, rcps=False, max_len=131072),
@@ -146,6 +143,19 @@ class CaduceusConfig:
             "ph-1k": lambda: cls(d_model=118, n_layer=4, rcps=False, max_len=1024),
             "ps-1k": lambda: cls(d_model=256, n_layer=4, rcps=True, max_len=1024),
         }
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return tuple(cls._preset_table())
+
+    @classmethod
+    def preset(cls, name: str) -> CaduceusConfig:
+        """Published sizes: ``ph-131k`` / ``ps-131k`` (kuleshov-group/caduceus-{ph,ps}_seqlen-131k_
+        d_model-256_n_layer-16: 16 BiMamba blocks, d 256, N 16, 7.7M parameters); ``ph-1k``
+        (caduceus-ph_seqlen-1k_d_model-118_n_layer-4); ``ps-1k`` (caduceus-ps_seqlen-1k_d_model-256_
+        n_layer-4); ``tiny`` / ``tiny-ps``."""
+        presets = cls._preset_table()
         if name not in presets:
             raise ConfigError(f"unknown Caduceus preset {name!r}; choose one of: {', '.join(presets)}")
         return presets[name]()

@@ -93,9 +93,19 @@ class DNABERT2Config:
                    max_len=128)
 
     @classmethod
+    def _preset_table(cls) -> dict:
+        # name -> a callable that builds the config
+        return {"tiny": cls.tiny, "117m": cls}
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return tuple(cls._preset_table())
+
+    @classmethod
     def preset(cls, name: str) -> DNABERT2Config:
         """Named sizes: ``tiny`` and ``117m`` (DNABERT-2-117M: 12 layers, d 768, 12 heads, ffn 3072)."""
-        presets = {"tiny": cls.tiny, "117m": cls}
+        presets = cls._preset_table()
         if name not in presets:
             raise ConfigError(f"unknown DNABERT-2 preset {name!r}; choose one of: {', '.join(presets)}")
         return presets[name]()

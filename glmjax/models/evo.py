@@ -232,10 +232,16 @@ class EvoConfig:
         return config_from_dict(cls, d)
 
     @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        gen = 1 if cls is Evo1Config else 2
+        return ("tiny", *(n for n, p in PRESETS.items() if p["generation"] == gen))
+
+    @classmethod
     def preset(cls, name: str) -> EvoConfig:
         """Published shapes (see :data:`PRESETS`) and ``tiny`` (tests)."""
         gen = 1 if cls is Evo1Config else 2
-        names = [n for n, p in PRESETS.items() if p["generation"] == gen]
+        names = cls.preset_names()[1:]
         if name == "tiny":
             return cls.tiny()
         if name not in names:

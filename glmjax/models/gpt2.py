@@ -96,13 +96,23 @@ class GPT2Config:
         return cls()
 
     @classmethod
-    def preset(cls, name: str) -> GPT2Config:
-        """Named shapes: ``tiny`` (tests), ``small`` (~15M params, 1024 tokens), ``100m`` (~101M, 1024)."""
-        presets = {
+    def _preset_table(cls) -> dict:
+        # name -> the config
+        return {
             "tiny": cls.tiny(),
             "small": cls(n_embd=384, n_layer=8, n_head=6, n_positions=1024),
             "100m": cls(n_embd=768, n_layer=14, n_head=12, n_positions=1024),
         }
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return tuple(cls._preset_table())
+
+    @classmethod
+    def preset(cls, name: str) -> GPT2Config:
+        """Named shapes: ``tiny`` (tests), ``small`` (~15M params, 1024 tokens), ``100m`` (~101M, 1024)."""
+        presets = cls._preset_table()
         if name not in presets:
             raise ConfigError(f"gpt2: unknown preset {name!r}; choose one of {', '.join(presets)}")
         return presets[name]

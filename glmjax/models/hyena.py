@@ -137,6 +137,11 @@ class HyenaConfig:
         return cls(d_model=32, n_layer=2, d_inner=128, max_seq_len=64, emb_dim=5, filter_order=16)
 
     @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return ("tiny", *PRESETS)
+
+    @classmethod
     def preset(cls, name: str) -> HyenaConfig:
         """Published model shapes: ``tiny`` (tests), ``tiny-1k``, ``small-32k``, ``medium-160k``,
         ``medium-450k``, ``large-1m`` (LongSafari/hyenadna-<name>-seqlen-hf)."""

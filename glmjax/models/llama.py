@@ -117,15 +117,25 @@ class LlamaConfig:
         return cls(num_key_value_heads=2)
 
     @classmethod
-    def preset(cls, name: str) -> LlamaConfig:
-        """Named shapes: ``tiny`` (tests), ``small`` (~14M params, 1024 tokens), ``100m`` (~99M, 2048)."""
-        presets = {
+    def _preset_table(cls) -> dict:
+        # name -> the config
+        return {
             "tiny": cls.tiny(),
             "small": cls(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
                          max_position_embeddings=1024),
             "100m": cls(hidden_size=768, intermediate_size=2560, num_hidden_layers=12, num_attention_heads=12,
                         max_position_embeddings=2048),
         }
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return tuple(cls._preset_table())
+
+    @classmethod
+    def preset(cls, name: str) -> LlamaConfig:
+        """Named shapes: ``tiny`` (tests), ``small`` (~14M params, 1024 tokens), ``100m`` (~99M, 2048)."""
+        presets = cls._preset_table()
         if name not in presets:
             raise ConfigError(f"llama: unknown preset {name!r}; choose one of {', '.join(presets)}")
         return presets[name]

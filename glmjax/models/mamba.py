@@ -305,14 +305,24 @@ class MambaConfig:
         return cls(vocab_size=16, d_model=32, n_layer=2, d_state=8, d_conv=4, expand=2, max_len=256)
 
     @classmethod
-    def preset(cls, name: str) -> MambaConfig:
-        """Named sizes: ``tiny``; ``d256-l16`` (d_model 256, 16 layers, char vocabulary: the
-        benchmark shape); ``130m`` (state-spaces/mamba-130m: d 768, 24 layers, vocabulary 50280)."""
-        presets = {
+    def _preset_table(cls) -> dict:
+        # name -> a callable that builds the config
+        return {
             "tiny": cls.tiny,
             "d256-l16": lambda: cls(vocab_size=16, d_model=256, n_layer=16),
             "130m": lambda: cls(vocab_size=50280, d_model=768, n_layer=24, max_len=2048),
         }
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return tuple(cls._preset_table())
+
+    @classmethod
+    def preset(cls, name: str) -> MambaConfig:
+        """Named sizes: ``tiny``; ``d256-l16`` (d_model 256, 16 layers, char vocabulary: the
+        benchmark shape); ``130m`` (state-spaces/mamba-130m: d 768, 24 layers, vocabulary 50280)."""
+        presets = cls._preset_table()
         if name not in presets:
             raise ConfigError(f"unknown Mamba preset {name!r}; choose one of: {', '.join(presets)}")
         return presets[name]()

@@ -57,6 +57,25 @@ _ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 TOKENIZER_VOCAB = {1: 4105, 2: 4107}
 
 
+def _nt_shapes() -> dict[str, tuple]:
+    """NT preset name -> (base fields, layers, width, heads, FFN width, overrides)."""
+    v1 = dict(version=1, vocab_size=4105, max_position_embeddings=1002, position_embedding="learned",
+              ffn_activation="gelu", ffn_glu=False, ffn_bias=True, layer_norm_eps=1e-12, token_dropout=True)
+    v2 = dict(version=2, vocab_size=4107, max_position_embeddings=2050, position_embedding="rotary",
+              ffn_activation="silu", ffn_glu=True, ffn_bias=False, layer_norm_eps=1e-5, token_dropout=False,
+              zero_pad_logits=True)
+    return {
+        "tiny": (v1, 2, 32, 4, 64, {"max_position_embeddings": 66}),
+        "tiny-v2": (v2, 2, 32, 4, 64, {"max_position_embeddings": 66}),
+        "v1-500m": (v1, 24, 1280, 20, 5120, {}),
+        "v1-2.5b": (v1, 32, 2560, 20, 10240, {}),
+        "v2-50m": (v2, 12, 512, 16, 2048, {}),
+        "v2-100m": (v2, 22, 512, 16, 2048, {}),
+        "v2-250m": (v2, 24, 768, 16, 3072, {}),
+        "v2-500m": (v2, 29, 1024, 16, 4096, {}),
+    }
+
+
 @dataclass(frozen=True)
 class NTConfig:
     """Nucleotide Transformer hyper-parameters.
@@ -153,24 +172,15 @@ class NTConfig:
         return cls.preset("tiny")
 
     @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
+        return tuple(_nt_shapes())
+
+    @classmethod
     def preset(cls, name: str) -> NTConfig:
         """Named shapes: ``tiny``, ``tiny-v2``, ``v1-500m``, ``v1-2.5b``, ``v2-50m``, ``v2-100m``,
         ``v2-250m``, ``v2-500m`` (the published InstaDeepAI checkpoints' HF configs)."""
-        v1 = dict(version=1, vocab_size=4105, max_position_embeddings=1002, position_embedding="learned",
-                  ffn_activation="gelu", ffn_glu=False, ffn_bias=True, layer_norm_eps=1e-12, token_dropout=True)
-        v2 = dict(version=2, vocab_size=4107, max_position_embeddings=2050, position_embedding="rotary",
-                  ffn_activation="silu", ffn_glu=True, ffn_bias=False, layer_norm_eps=1e-5, token_dropout=False,
-                  zero_pad_logits=True)
-        shapes = {
-            "tiny": (v1, 2, 32, 4, 64, {"max_position_embeddings": 66}),
-            "tiny-v2": (v2, 2, 32, 4, 64, {"max_position_embeddings": 66}),
-            "v1-500m": (v1, 24, 1280, 20, 5120, {}),
-            "v1-2.5b": (v1, 32, 2560, 20, 10240, {}),
-            "v2-50m": (v2, 12, 512, 16, 2048, {}),
-            "v2-100m": (v2, 22, 512, 16, 2048, {}),
-            "v2-250m": (v2, 24, 768, 16, 3072, {}),
-            "v2-500m": (v2, 29, 1024, 16, 4096, {}),
-        }
+        shapes = _nt_shapes()
         if name not in shapes:
             raise ConfigError(f"unknown NT preset {name!r}; choose one of {', '.join(shapes)}")
         base, layers, d, heads, ffn, extra = shapes[name]
