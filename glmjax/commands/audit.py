@@ -15,10 +15,11 @@ def register(sub) -> None:
         "when --shadows is given, the reference ratio with --reference), combines them into the worst-case "
         "risk, and writes OUT/report.json, OUT/report.html and OUT/scores/. Vectors without inputs are "
         "skipped and listed with the reason.")
-    p.add_argument("--model", required=True, help="model folder (HF snapshot, NT JAX checkpoint or glmjax folder)")
+    p.add_argument("--model", required=True, help="model folder (HF snapshot, NT JAX checkpoint or glmjax folder) or Hugging Face Hub id "
+                   "ORG/NAME[@REVISION] (fetched into the HF cache; HF_HUB_OFFLINE=1 reads the cache only)")
     p.add_argument("--data", required=True, help="SequenceStore with a member/non-member split")
     p.add_argument("--canaries", help="canary manifest (JSON) written by glmjax data plant")
-    p.add_argument("--reference", help="reference model folder (reference-ratio attack)")
+    p.add_argument("--reference", help="reference model folder or Hub id (reference-ratio attack)")
     p.add_argument("--shadows", help="shadow-model folder from glmjax train-shadows (LiRA, RMIA)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--pll", help="masked LMs: exact (default), strided:K or random:K")

@@ -16,16 +16,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-_CONTEXT_ATTRS = ("max_len", "max_position_embeddings", "n_positions", "max_seq_len", "l_max")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``models`` command group and its subcommands."""
-    models = subparsers.add_parser("models", help="describe and convert model checkpoints: info, convert, list",
+    models = subparsers.add_parser("models", help="describe and convert model checkpoints: info, convert, list, presets",
                                    description="Describe and convert model checkpoints.")
     sub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", parser_class=type(models))
     sub.required = True
@@ -35,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "parameter count, context length, vocabulary, tokenizer and source. Works on HF "
                        "snapshots, the official NT JAX checkpoint and glmjax folders; only configuration "
                        "files are read.")
-    p.add_argument("model", metavar="DIR", help="model folder")
+    p.add_argument("model", metavar="DIR", help="model folder, or a Hugging Face Hub id ORG/NAME[@REVISION] "
+                   "(its configuration files are fetched into the HF cache)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_info)
 
@@ -52,23 +50,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("list", help="list the registered model families",
-                       description="List the registered model families.")
+    p = sub.add_parser("list", help="list the registered model families and their presets",
+                       description="List the registered model families: objective, architecture class, "
+                       "description and the names of their presets (`glmjax models presets FAMILY` "
+                       "describes them).")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("presets", help="list a family's preset shapes: parameters and context length",
+                       description="List the preset shapes of FAMILY (the names `glmjax train --preset` and "
+                       "`glmjax demo` accept): parameter count (from abstract shapes, nothing is "
+                       "allocated), context length, width and layers.")
+    p.add_argument("family", metavar="FAMILY", help="a family name from `glmjax models list`")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_presets)
+
 
 # ---------------------------------------------------------------------------------------------
-
-def context_length(cfg: Any) -> int | None:
-    """A config's context length in tokens: its ``max_len`` (the common name), else the first of
-    the usual HF names; None when the family has no limit it knows of."""
-    for name in _CONTEXT_ATTRS:
-        value = getattr(cfg, name, None)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            return int(value)
-    return None
-
 
 def count_params(spec, cfg) -> int:
     """Number of parameters of the family's module for ``cfg``, from abstract shapes (no memory)."""
@@ -84,8 +82,9 @@ def describe(path: str | Path) -> dict:
     from glmjax.errors import CheckpointError
     from glmjax.models import detect
     from glmjax.models.checkpoints import is_glmjax_dir, read_config_json, read_glmjax_meta
+    from glmjax.models.hub import resolve
 
-    path = Path(path)
+    path = resolve(path, weights=False)
     spec = detect(path)
     source = str(path.resolve())
     if is_glmjax_dir(path):
@@ -110,8 +109,8 @@ def describe(path: str | Path) -> dict:
         "objective": spec.objective,
         "architecture_class": spec.architecture_class,
         "parameters": count_params(spec, cfg),
-        "context_length": context_length(cfg),
-        "vocab_size": int(getattr(cfg, "vocab_size", tok.vocab_size)),
+        "context_length": int(cfg.max_len),
+        "vocab_size": int(cfg.vocab_size),
         "tokenizer": tok.name,
         "tokenizer_vocab_size": int(tok.vocab_size),
         "format": fmt,
@@ -135,7 +134,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     rows = [("family", f"{info['family']} - {info['description']}"), ("objective", info["objective"]),
             ("architecture class", info["architecture_class"]), ("parameters", _human_count(info["parameters"])),
-            ("context length", "unbounded" if info["context_length"] is None else f"{info['context_length']} tokens"),
+            ("context length", f"{info['context_length']} tokens"),
             ("vocab size", str(info["vocab_size"])),
             ("tokenizer", f"{info['tokenizer']} ({info['tokenizer_vocab_size']} ids)"),
             ("format", info["format"]), ("source", info["source"])]
@@ -169,15 +168,53 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_presets(family: str) -> list[dict]:
+    """Every preset of ``family``: name, parameters, context length, width and layers."""
+    from glmjax.models import get_family
+
+    spec = get_family(family)
+    out = []
+    for name in spec.config_cls.preset_names():
+        cfg = spec.config_cls.preset(name)
+        row = {"preset": name, "parameters": count_params(spec, cfg), "context_length": int(cfg.max_len),
+               "vocab_size": int(cfg.vocab_size)}
+        for key, names in (("width", ("hidden_size", "d_model", "n_embd")),
+                           ("layers", ("num_layers", "num_hidden_layers", "n_layer"))):
+            row[key] = next((int(getattr(cfg, n)) for n in names if hasattr(cfg, n)), None)
+        out.append(row)
+    return out
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from glmjax.models import get_family
+
+    names = get_family(args.family).config_cls.preset_names()
+    print(f"counting the parameters of {len(names)} {args.family} presets (abstract shapes)...", file=sys.stderr)
+    rows = describe_presets(args.family)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("preset", "parameters", "context", "width", "layers", "vocab")]
+    table += [(r["preset"], _human_count(r["parameters"]), f"{r['context_length']:,}", str(r["width"] or "-"),
+               str(r["layers"] or "-"), str(r["vocab_size"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from glmjax.models import families
 
     fams = [{"family": s.name, "objective": s.objective, "architecture_class": s.architecture_class,
-             "description": s.description} for s in families().values()]
+             "description": s.description, "presets": list(s.config_cls.preset_names())}
+            for s in families().values()]
     if args.json:
         print(json.dumps(fams, indent=2))
         return 0
     width = max((len(f["family"]) for f in fams), default=0)
     for f in fams:
         print(f"{f['family']:<{width}}  {f['objective']:<6}  {f['architecture_class']:<18}  {f['description']}")
+        print(f"{'':<{width}}  presets: {', '.join(f['presets'])}")
     return 0

@@ -16,7 +16,8 @@ def register(sub) -> None:
         "sum/mean log p, per-nucleotide log p, entropy, Min-K% and Min-K%++ (5..50%), mean rank, and "
         "optionally per-token values. Causal models are scored exactly; masked LMs by pseudo-log-likelihood "
         "(--pll). A killed run resumes when the same command is run again.")
-    p.add_argument("--model", required=True, help="model folder (HF snapshot or glmjax checkpoint)")
+    p.add_argument("--model", required=True, help="model folder (HF snapshot or glmjax checkpoint) or Hugging Face Hub id "
+                   "ORG/NAME[@REVISION] (fetched into the HF cache; HF_HUB_OFFLINE=1 reads the cache only)")
     p.add_argument("--input", required=True, help="SequenceStore (.h5) or FASTA (.fa, .fa.gz)")
     p.add_argument("--out", required=True, help="output ScoreStore (.h5)")
     p.add_argument("--pll", default=None,

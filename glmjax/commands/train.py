@@ -13,7 +13,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "nt, llama, gpt2, hyenadna, caduceus, dnabert2, mamba, evo1, evo2")
     p.add_argument("--config", default="tiny",
                    help="a preset name of the family (tiny, small, ...) for training from scratch, "
-                        "or a checkpoint folder to fine-tune (default: tiny)")
+                        "or a checkpoint folder or Hugging Face Hub id ORG/NAME[@REVISION] to fine-tune "
+                        "(default: tiny)")
     p.add_argument("--data", required=True, help="SequenceStore to train on (its member split)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--epochs", type=int, default=3)
@@ -67,10 +68,13 @@ def _dtype(name: str) -> str:
 def model_factory(args):
     """``seed -> LoadedModel`` from --family/--config (preset or checkpoint folder)."""
     from glmjax import models
+    from glmjax.models.hub import parse_hub_id, resolve
 
     dtype = _dtype(args.dtype)
     cfg_path = Path(args.config)
-    if cfg_path.exists():
+    if cfg_path.exists() or parse_hub_id(args.config) is not None:
+        cfg_path = resolve(args.config, trust_pickle=args.trust_pickle)
+
         def from_checkpoint(seed: int):
             return models.load(cfg_path, trust_pickle=args.trust_pickle, dtype=dtype)
         from_checkpoint(0)  # validate once, before any work

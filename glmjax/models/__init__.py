@@ -112,11 +112,15 @@ def load(path: str | Path, trust_pickle: bool = False, dtype: Any = None) -> Loa
     checkpoint (``trust_pickle=True`` needed: it is a pickle), or a glmjax (orbax) folder.
 
     Args:
-      path: the folder.
+      path: the folder, or a Hugging Face Hub id ``ORG/NAME[@REVISION]`` (fetched into the HF
+        cache: configuration, tokenizer and safetensors files; pickle-format weights only with
+        ``trust_pickle``; offline from a filled cache with ``HF_HUB_OFFLINE=1``).
       trust_pickle: allow pickle-based weights that torch's ``weights_only`` loader cannot read.
       dtype: compute dtype for the module (``jnp.bfloat16`` on accelerators); parameters stay fp32.
     """
-    path = Path(path)
+    from glmjax.models.hub import resolve
+
+    path = resolve(path, trust_pickle=trust_pickle)
     spec = detect(path)
     if is_glmjax_dir(path):
         meta = read_glmjax_meta(path)
