@@ -8,7 +8,9 @@ counts in every cell:
   MG1655), ``eukaryote`` (S. cerevisiae chrI + chrII, or any FASTA such as the human chr20 slice),
   ``multispecies`` (every FASTA of a folder: bacteria, archaea, organelles, viruses, a fly slice);
 * architecture classes: ``nt`` (masked-LM transformer), ``hyenadna`` (long convolution),
-  ``caduceus`` (state space, masked), ``llama`` (causal transformer);
+  ``caduceus`` (state space, masked), ``llama`` (causal transformer); ``--families`` adds
+  ``evo1`` / ``evo2`` (StripedHyena 1 / 2: long convolutions striped with attention, the Evo
+  models' architecture) and the other registered families;
 * fine-tuning: ``full`` (every parameter) and ``lora`` (low-rank adapters, base frozen).
 
 Per dataset the sampled windows are split three ways (seeded): a *public* part, on which one base
@@ -159,6 +161,8 @@ _SMALL_MODELS = {
     "dnabert2": ("", {}),
     "gpt2": ("", {}),
     "mamba": ("", {}),
+    "evo1": ("tiny", {"hidden_size": 64, "inner_mlp_size": 128, "layers": ("modal", "attn")}),
+    "evo2": ("tiny", {"hidden_size": 64, "inner_mlp_size": 128, "layers": ("hcs", "hcm", "hcl", "attn")}),
 }
 
 PROFILES: dict[str, Profile] = {
@@ -192,6 +196,11 @@ PROFILES: dict[str, Profile] = {
             "dnabert2": ("", {"hidden_size": 256, "num_layers": 4, "num_heads": 8, "intermediate_size": 1024}),
             "gpt2": ("", {}),
             "mamba": ("", {}),
+            # StripedHyena 1 / 2 blocks at the Llama model's width and depth
+            "evo1": ("tiny", {"hidden_size": 256, "num_attention_heads": 8, "inner_mlp_size": 768,
+                              "layers": ("modal", "modal", "attn", "modal")}),
+            "evo2": ("tiny", {"hidden_size": 256, "num_attention_heads": 8, "inner_mlp_size": 768,
+                              "layers": ("hcs", "hcm", "hcl", "attn")}),
         }),
 }
 
@@ -804,11 +813,13 @@ def run(args: argparse.Namespace, log=print) -> dict:
         c = json.loads(f.read_text())
         if c.get("fingerprint") == prof.fingerprint() and c.get("seed") == args.seed:
             cells.setdefault(cell_id(c["dataset"], c["family"], c["finetune"]), c)
+    machine = {"glmjax_version": glmjax.__version__, "jax_version": jax.__version__, "backend": jax.default_backend(),
+               "devices": [str(d) for d in jax.devices()]}
+    if args.report_only:  # the tables are rebuilt here; the cells ran where results.json says
+        machine.update({k: results[k] for k in (*machine, "seconds_this_run") if k in results})
     results = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "profile": prof.name, "config": prof.to_dict(),
-        "fingerprint": prof.fingerprint(), "seed": args.seed, "glmjax_version": glmjax.__version__,
-        "jax_version": jax.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
+        "fingerprint": prof.fingerprint(), "seed": args.seed, **machine,
         "datasets": {**results.get("datasets", {})}, "expected_cells": expected, "cells": cells,
         "sources": {**results.get("sources", {}), **{k: [str(p) for p in v] for k, v in sources.items()}},
     }

@@ -181,3 +181,21 @@ def test_demo_runs_end_to_end_on_bundled_genomes(tmp_path, monkeypatch):
     rep = json.loads((out / "audits" / "llama-full" / "report.json").read_text())
     assert "reference" in rep["mia"]["attacks"]  # the public-data base model is the reference
     assert sorted(s["models"]["llama-full"]["exposure_by_repetition"]) == ["0", "1", "16", "4", "64"]
+
+
+def test_demo_family_alias_evo(monkeypatch, capsys):
+    """`glmjax demo --families evo` trains both StripedHyena generations; repeats are dropped."""
+    import glmjax.demo as demo
+    from glmjax.cli import main
+
+    seen = []
+
+    def fake(out, fams, quick=False, seed=0):
+        seen.append(fams)
+        return {"headline": {"risk": 0.5, "band": "high", "model": fams[0]}, "seconds": 1.0}
+
+    monkeypatch.setattr(demo, "run_demo", fake)
+    assert main(["demo", "--families", "evo,llama,evo1", "--out", "x"]) == 0
+    assert seen == [("evo1", "evo2", "llama")]
+    assert main(["demo", "--families", " , "]) == 2
+    assert "names no family" in capsys.readouterr().err

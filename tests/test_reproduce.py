@@ -232,3 +232,22 @@ def test_merge_folders_of_sub_grids(tiny, tmp_path, capsys):
     assert "another profile or seed" in capsys.readouterr().err
     assert rp.main(["--tiny", "--out", str(merged), "--merge", str(merged)]) == 2
     assert rp.main(["--tiny", "--out", str(tmp_path / "m4"), "--merge", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("profile", sorted(rp.PROFILES))
+def test_every_profile_model_builds(profile):
+    """Every family a profile names has a config that builds (abstractly) with a context that
+    holds a window; the Evo entries are StripedHyena models of the stated block pattern."""
+    from causal_lm_checks import param_count
+
+    from glmjax import models
+
+    prof = rp.PROFILES[profile]
+    for family in prof.models:
+        cfg = rp.model_config(family, prof)
+        assert cfg.max_len >= prof.window and cfg.dtype == prof.dtype
+        assert param_count(models.get_family(family).build, cfg) > 0
+    if profile == "full":
+        e1, e2 = rp.model_config("evo1", prof), rp.model_config("evo2", prof)
+        assert e1.layers == ("modal", "modal", "attn", "modal") and e2.layers == ("hcs", "hcm", "hcl", "attn")
+        assert e1.hidden_size == e2.hidden_size == rp.model_config("llama", prof).hidden_size == 256

@@ -11,7 +11,8 @@ def register(sub) -> None:
                        "OUT/report.html, OUT/report.json, OUT/audits/<model>/ and OUT/summary.json.")
     p.add_argument("--out", default="glmjax-demo", help="output folder (replaced; default glmjax-demo)")
     p.add_argument("--families", default="llama,hyenadna",
-                   help="comma-separated model families to train (default llama,hyenadna)")
+                   help="comma-separated model families to train (default llama,hyenadna); `evo` stands for "
+                   "evo1,evo2 (StripedHyena 1 and 2, the Evo architectures)")
     p.add_argument("--quick", action="store_true", help="smaller run (shorter secrets, fewer epochs)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -23,7 +24,9 @@ def run(args) -> int:
     from glmjax.demo import run_demo
     from glmjax.errors import ConfigError
 
-    fams = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    aliases = {"evo": ("evo1", "evo2")}
+    fams = tuple(dict.fromkeys(g for f in args.families.split(",") if f.strip()
+                               for g in aliases.get(f.strip(), (f.strip(),))))
     if not fams:
         raise ConfigError("--families names no family")
     s = run_demo(args.out, fams, quick=args.quick, seed=args.seed)
