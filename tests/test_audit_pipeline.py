@@ -77,6 +77,54 @@ def test_report_is_complete_and_valid(audited):
     assert det["windows"]["null"] == "non-member windows" and set(det["windows"]["groups"]) == {"members"}
 
 
+def _file_contents(path) -> list[bytes]:
+    """The bytes a reader can get out of ``path``: the raw file, and for HDF5 every dataset
+    decoded (decompressed) and every attribute."""
+    import h5py
+
+    raw = path.read_bytes()
+    out = [raw]
+    if raw[:8] == b"\x89HDF\r\n\x1a\n":
+        with h5py.File(path, "r") as f:
+            def visit(_name, obj):
+                for v in obj.attrs.values():
+                    out.append(str(v).encode() if not isinstance(v, bytes) else v)
+                if isinstance(obj, h5py.Dataset):
+                    a = obj[()]
+                    if isinstance(a, np.ndarray) and a.dtype.kind in "OSU":
+                        out.append("\n".join(x.decode() if isinstance(x, bytes) else str(x)
+                                              for x in a.ravel()).encode())
+                    else:
+                        out.append(np.asarray(a).tobytes())
+            f.visititems(visit)
+            visit("/", f)
+    return out
+
+
+def test_report_folder_holds_no_secret_and_no_member_sequence(audited):
+    """Without --reveal no file of the audit folder (HDF5 datasets decoded) contains a planted
+    canary (prefix + secret, as text or as codes) or a member window: the folder can be shared."""
+    from glmjax import alphabet
+
+    d, _ = audited
+    manifest = json.loads((d / "p.json").read_text())
+    store = SequenceStore(d / "p.h5")
+    members = [store[i] for i in np.flatnonzero(store.member_mask())]
+    needles = []  # (what, bytes)
+    for c in manifest["canaries"]:
+        full = c["prefix"] + c["secret"]
+        needles += [(f"canary {c['id']}", full.encode()), (f"canary {c['id']} codes", alphabet.encode(full).tobytes())]
+    for m in members[:40]:
+        needles += [("member window", alphabet.decode(m).encode()), ("member window codes", m.tobytes())]
+    files = [p for p in (d / "report").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".h5" for p in files) and (d / "report" / "report.json") in files
+    for p in files:
+        blobs = _file_contents(p)
+        for what, needle in needles:
+            assert not any(needle in b for b in blobs), (what, p)
+    assert '"secret"' not in (d / "report" / "report.json").read_text()
+
+
 def test_exposure_and_extraction_rise_with_repetition(audited):
     _, res = audited
     can = res.report["canaries"]

@@ -647,13 +647,10 @@ class ExactExposure:
 
     def to_dict(self, reveal: bool = False) -> dict[str, Any]:
         """JSON-ready summary (no candidate array; the secret only when ``reveal``)."""
-        import hashlib
-
         d = {"id": self.canary_id, "repetitions": self.repetitions, "k": self.k,
              "candidates": int(4 ** self.k), "rank": self.rank, "exposure_bits": self.exposure,
              "max_exposure_bits": 2.0 * self.k, "secret_logp": self.secret_logp, "max_logp": self.max_logp,
-             "mode": self.mode, "seconds": self.seconds,
-             "secret_sha256": hashlib.sha256(self.secret.encode()).hexdigest()}
+             "mode": self.mode, "seconds": self.seconds}
         if self.stats is not None:
             d["trie"] = {"decode_rows": self.stats.decode_rows, "block": self.stats.block,
                          "bytes_per_node": self.stats.bytes_per_node, "calls": self.stats.calls}

@@ -26,7 +26,6 @@ them by hashes unless ``reveal=True``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,10 +85,6 @@ def nucleotide_accuracy(truth: np.ndarray, guess: np.ndarray) -> np.ndarray:
     return (truth == guess).mean(axis=1)
 
 
-def _sha(s: str) -> str:
-    return hashlib.sha256(s.encode()).hexdigest()
-
-
 @dataclass
 class ExtractionRecord:
     """One canary's extraction: ``secret`` and ``extracted`` are ACGT strings (hidden by
@@ -108,10 +103,10 @@ class ExtractionRecord:
     logp: float
 
     def to_dict(self, reveal: bool = False) -> dict[str, Any]:
-        """JSON-ready record; secrets replaced by their sha256 unless ``reveal``."""
+        """JSON-ready record; the secret and the extracted bases only when ``reveal`` (never a
+        hash of them: 4^k candidates invert any unkeyed hash)."""
         d = {"id": self.canary_id, "role": self.role, "repetitions": self.repetitions, "exact": self.exact,
-             "accuracy": self.accuracy, "edit_distance": self.edit_distance, "logp": self.logp,
-             "secret_sha256": _sha(self.secret), "extracted_sha256": _sha(self.extracted)}
+             "accuracy": self.accuracy, "edit_distance": self.edit_distance, "logp": self.logp}
         if reveal:
             d.update(secret=self.secret, extracted=self.extracted)
         return d

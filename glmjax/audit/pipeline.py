@@ -39,7 +39,7 @@ from glmjax import alphabet, models
 from glmjax.audit import mia as MIA
 from glmjax.audit.exposure import estimate_exposure
 from glmjax.audit.perplexity import log_perplexity
-from glmjax.audit.report import AuditResult, CanaryResult, evaluate, secret_sha256, write_report
+from glmjax.audit.report import AuditResult, CanaryResult, evaluate, write_report
 from glmjax.data.store import Record, SequenceStore, SequenceStoreWriter
 from glmjax.errors import ConfigError, StoreError
 from glmjax.models.base import LoadedModel
@@ -184,7 +184,18 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
       opts: :class:`AuditOptions`.
       reveal: put raw canary secrets into the report.
       log: where progress lines go (``print``; pass ``lambda *a: None`` to silence).
+
+    The canary, candidate and neighbour sequences are scored from input stores in a private
+    temporary folder (removed afterwards), never in ``out``: without ``reveal`` no file of the
+    report folder holds a secret or a member sequence, so the folder can be shared.
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="glmjax-audit-inputs-") as work:
+        return _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, Path(work))
+
+
+def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, work: Path) -> AuditOutcome:
     opts = opts or AuditOptions()
     laps = _Laps()
     # every input is read before anything is written: a bad input leaves no output folder behind
@@ -268,9 +279,9 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
             pick = np.sort(np.concatenate([rng.permutation(pos)[:opts.neighbour_rows],
                                            rng.permutation(neg)[:opts.neighbour_rows]]))
             log(f"neighbourhood attack: {opts.neighbours} neighbours x {len(pick):,} sequences")
-            _neighbour_store(sdir / "neighbours_input.h5", [seqs[i] for i in pick], opts.neighbours,
+            _neighbour_store(work / "neighbours_input.h5", [seqs[i] for i in pick], opts.neighbours,
                              opts.neighbour_rate, opts.seed)
-            nss = _score(target, sdir / "neighbours_input.h5", sdir / "neighbours.h5", opts,
+            nss = _score(target, work / "neighbours_input.h5", sdir / "neighbours.h5", opts,
                          "scoring (neighbours)", log)
             nb = np.asarray(nss.column("sum_logp")).reshape(len(pick), opts.neighbours)
             nb_scores = (pick, MIA.neighbourhood_score(tcols["sum_logp"][pick], nb))
@@ -311,8 +322,8 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
                    for i, e in enumerate(entries) if len(e["secret"]) not in exact_ks}
         log(f"scoring {len(entries)} canaries" + (f" and {sum(len(v) for v in sampled.values()):,} sampled "
                                                    "candidates" if sampled else ""))
-        layout = _canary_store(sdir / "canaries_input.h5", entries, sampled)
-        css = _score(target, sdir / "canaries_input.h5", sdir / "canaries.h5", opts, "scoring (canaries)", log)
+        layout = _canary_store(work / "canaries_input.h5", entries, sampled)
+        css = _score(target, work / "canaries_input.h5", sdir / "canaries.h5", opts, "scoring (canaries)", log)
         c_lppl = log_perplexity(np.asarray(css.column("sum_logp")), np.asarray(css.column("n_tokens")))
         laps.lap("canary_scoring")
 
@@ -353,13 +364,13 @@ def run_audit(model: LoadedModel | str | Path, data: str | Path, out: str | Path
                 exposure, ci, method = float(est.exposure), (float(est.ci[0]), float(est.ci[1])), est.method
             canary_results.append(CanaryResult(
                 id=e["id"], repetitions=int(e.get("repetitions", 0)), exposure=exposure, exposure_ci=ci,
-                extracted=bool(extracted[e["id"]]), n_candidates=4 ** k, secret_sha256=secret_sha256(e["secret"]),
+                extracted=bool(extracted[e["id"]]), n_candidates=4 ** k,
                 exposure_method=method, secret=e["secret"], log_perplexity=float(c_lppl[row])))
         result.canaries = canary_results
         laps.lap("exposure")
         # the canaries' reference detection needs only the canaries (controls are their null)
         if ref_model is not None:
-            rcs = _score(ref_model, sdir / "canaries_input.h5", sdir / "canaries_reference.h5", opts,
+            rcs = _score(ref_model, work / "canaries_input.h5", sdir / "canaries_reference.h5", opts,
                          "scoring (canaries, reference)", log)
             r_lppl = log_perplexity(np.asarray(rcs.column("sum_logp")), np.asarray(rcs.column("n_tokens")))
             result.reference_canary_log_ppl = np.array([r_lppl[row] for row, _ in layout])

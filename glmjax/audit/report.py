@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import hashlib
 import html
 import io
 import json
@@ -36,11 +35,6 @@ from glmjax.audit.schema import SCHEMA, SCHEMA_VERSION, validate_report
 from glmjax.errors import ConfigError
 
 
-def secret_sha256(secret: str) -> str:
-    """Hex SHA-256 of a secret's uppercase ASCII text (how reports name secrets)."""
-    return hashlib.sha256(secret.upper().encode("ascii")).hexdigest()
-
-
 @dataclass
 class CanaryResult:
     """Extraction/exposure outcome of one planted canary.
@@ -50,7 +44,9 @@ class CanaryResult:
       exposure: bits; exposure_ci: (low, high) interval (equal to the point for exact exposure).
       extracted: whether greedy/beam decoding from the prefix reproduced the secret exactly.
       n_candidates: |R|, the size of the candidate secret space (4^k for k random bases).
-      secret_sha256: hash of the secret; secret: the raw secret, written only with reveal.
+      secret: the raw secret, written only with reveal (no hash of it is ever written: a few
+        random bases have so few candidates that any unkeyed hash is as good as the secret;
+        the id joins the report with the manifest the auditor holds).
       exposure_method: "exact" (full enumeration) or "skewnorm" (sampled extrapolation).
       log_perplexity: the canary's log-perplexity under the target model, when known.
     """
@@ -61,7 +57,6 @@ class CanaryResult:
     exposure_ci: tuple[float, float]
     extracted: bool
     n_candidates: int
-    secret_sha256: str
     exposure_method: str = "exact"
     secret: str | None = None
     log_perplexity: float | None = None
@@ -73,7 +68,7 @@ class CanaryResult:
         if estimate.n_candidates is None:
             raise ConfigError(f"canary {id}: the exposure estimate needs the candidate-space size")
         return cls(id, int(repetitions), float(estimate.exposure), tuple(estimate.ci), bool(extracted),
-                   int(estimate.n_candidates), secret_sha256(secret), estimate.method, secret, log_perplexity)
+                   int(estimate.n_candidates), estimate.method, secret, log_perplexity)
 
 
 @dataclass
@@ -242,7 +237,7 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
     extraction = None
     if result.canaries:
         for c in result.canaries:
-            entry = {"id": c.id, "sha256": c.secret_sha256, "repetitions": int(c.repetitions),
+            entry = {"id": c.id, "repetitions": int(c.repetitions),
                      "exposure": float(c.exposure), "exposure_ci": [float(c.exposure_ci[0]), float(c.exposure_ci[1])],
                      "exposure_method": c.exposure_method, "n_candidates": int(c.n_candidates),
                      "extracted": bool(c.extracted), "log2_candidates": math.log2(c.n_candidates),
@@ -584,14 +579,14 @@ def render_html(report: dict) -> str:
     if report["canaries"]:
         rows = []
         for c in report["canaries"]:
-            row = [html.escape(c["id"]), f"<code>{c['sha256'][:16]}…</code>", str(c["repetitions"]),
+            row = [html.escape(c["id"]), str(c["repetitions"]),
                    _fmt(c["exposure"], 2), _ci(c["exposure_ci"], 2), _fmt(c["log2_candidates"], 1),
                    html.escape(c["exposure_method"]), _fmt(c["extracted"])]
             if report["reveal"]:
                 row.append(f"<code>{html.escape(c.get('secret', ''))}</code>")
             rows.append(row)
-        head = ["canary", "sha256", "repetitions", "exposure", "CI", "log2 |R|", "method", "extracted"]
-        parts += ["<h2>Canaries</h2>", _table(head + (["secret"] if report["reveal"] else []), rows, left=2)]
+        head = ["canary", "repetitions", "exposure", "CI", "log2 |R|", "method", "extracted"]
+        parts += ["<h2>Canaries</h2>", _table(head + (["secret"] if report["reveal"] else []), rows, left=1)]
     parts.append("<h2>Plots</h2>")
     for title, b64 in _plots(report):
         parts.append(f"<figure><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
