@@ -14,7 +14,7 @@ import sys
 
 from glmjax import __version__
 from glmjax.errors import GlmjaxError
-from glmjax.storage import set_command_line
+from glmjax.storage import check_io, set_command_line
 
 COMMAND_MODULES = (
     "glmjax.commands.data",
@@ -39,15 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"glmjax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for modname in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:
-                continue
-            raise
-        mod.register(sub)
+    for modname in COMMAND_MODULES:  # a missing command module is an installation error: fail loudly
+        importlib.import_module(modname).register(sub)
     return parser
+
+
+def check_command_io(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output of the command that is, contains or lies inside one
+    of its inputs. Each command declares them with ``set_defaults(io=(inputs, outputs))``: the
+    ``dest`` of each option, ``"dest:LABEL"`` for a positional argument."""
+    def named(items):
+        out = {}
+        for item in items:
+            dest, _, label = item.partition(":")
+            out[label or "--" + dest.replace("_", "-")] = getattr(args, dest, None)
+        return out
+
+    ins, outs = getattr(args, "io", ((), ()))
+    check_io(named(ins), named(outs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:  # provenance records this call, not the command line of the host process
         set_command_line(["glmjax", *argv])
     try:
+        check_command_io(args)
         rc = args.func(args)
     except GlmjaxError as e:
         print(f"glmjax: error: {e}", file=sys.stderr)
@@ -67,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # a full disk, a read-only folder, a file where a folder is expected...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"glmjax: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     finally:
         set_command_line(None)
     return int(rc or 0)

@@ -98,12 +98,16 @@ def run_demo(out: str | Path = "glmjax-demo", families: tuple[str, ...] = ("llam
     for f in families:
         if f not in fams:
             raise ConfigError(f"unknown family {f!r}; choose from {', '.join(sorted(fams))}")
+    from glmjax.storage import FOLDER_MARKER, remove_own_output
+
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, not {seed}")
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    remove_own_output(out)  # a previous demo's folder (summary.json) is replaced; anything else is refused
     d = out / "data"
     d.mkdir(parents=True)
+    (out / FOLDER_MARKER).write_text("written by glmjax demo\n")
 
     log("1/4 data: windows of three real genomes, canaries at repetitions 1, 4, 16, 64, member split")
     (d / "cohort.fa").write_text("".join(_fasta_text(g) for g in COHORT_GENOMES))

@@ -33,6 +33,158 @@ _CHUNK_ROWS = 4096
 _CHUNK_VALUES = 1 << 20
 
 
+# ---------------------------------------------------------------------------------------------
+# Output safety: paths, ownership, one writer at a time
+
+# a folder glmjax wrote holds one of these files (model, training run, shadows, audit, demo, grid)
+OWN_FOLDER_MARKERS = (".glmjax", "glmjax_model.json", "train_config.json", "shadows.json", "report.json",
+                      "summary.json", "results.json")
+FOLDER_MARKER = ".glmjax"  # written first into a folder a command fills over minutes (demo)
+
+
+def _real(p: str | os.PathLike) -> Path:
+    return Path(p).expanduser().resolve()
+
+
+def check_io(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    """Refuse an output that is, contains, or lies inside an input (before anything is written).
+
+    ``inputs`` / ``outputs`` map an option name (for the message) to a path, a list of paths or
+    None; inputs that do not exist on disk (e.g. Hub ids) are skipped. Symlinks and ``..`` are
+    resolved first.
+    """
+    def flat(m):
+        for name, v in m.items():
+            for x in (v if isinstance(v, (list, tuple)) else [v]):
+                if x is not None and str(x) != "":
+                    yield name, x
+
+    ins = [(n, _real(p)) for n, p in flat(inputs) if Path(p).expanduser().exists()]
+    for oname, o in flat(outputs):
+        out = _real(o)
+        for iname, inp in ins:
+            if out == inp:
+                raise StoreError(f"{oname} {o} is the input {iname} itself; writing it would destroy the input")
+            if out in inp.parents:
+                raise StoreError(f"{oname} {o} contains the input {iname} {inp}; choose an output outside it")
+            if inp.is_dir() and inp in out.parents:
+                raise StoreError(f"{oname} {o} lies inside the input {iname} {inp}; choose an output outside it")
+
+
+def is_own_output(path: str | os.PathLike) -> bool:
+    """True if ``path`` is something glmjax wrote: an HDF5 store or JSON file whose ``schema``
+    starts with ``glmjax.``, a ``.partial`` of one, or a folder holding one of
+    :data:`OWN_FOLDER_MARKERS` (or only ``.partial`` leftovers)."""
+    p = Path(path)
+    if p.is_symlink():
+        return False
+    if p.is_dir():
+        names = {q.name for q in p.iterdir()}
+        return bool(names & set(OWN_FOLDER_MARKERS)) or (bool(names) and all(n.endswith(".partial") for n in names))
+    if not p.is_file():
+        return False
+    with p.open("rb") as fh:
+        head = fh.read(8)
+    if head == b"\x89HDF\r\n\x1a\n":
+        try:
+            with h5py.File(p, "r") as f:
+                return str(f.attrs.get("schema", "")).startswith("glmjax.")
+        except OSError:
+            return p.name.endswith(".partial")
+    if p.suffix == ".json":
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(d, dict) and str(d.get("schema", d.get("format", ""))).startswith("glmjax.")
+    return False
+
+
+def remove_own_output(path: str | os.PathLike, option: str = "--out") -> None:
+    """Delete ``path`` for ``--overwrite`` only if glmjax wrote it; anything else is refused."""
+    import shutil
+
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return
+    if not is_own_output(p):
+        kind = "folder" if p.is_dir() else "file"
+        raise StoreError(f"{option} {p} is a {kind} glmjax did not write; --overwrite only replaces glmjax's own "
+                         "outputs (stores, models, runs, reports): choose another output or remove it yourself")
+    if p.is_dir():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+class OutputLock:
+    """``<path>.lock`` held while ``path`` is being written: created with ``O_EXCL``, holding the
+    owner's pid and host. A second writer is refused while the owner lives; the lock of a
+    process that died (same host) is taken over."""
+
+    def __init__(self, path: str | os.PathLike):
+        import socket
+
+        self.path = Path(path)
+        self.lock = self.path.with_name(self.path.name + ".lock")
+        self.host = socket.gethostname()
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> OutputLock:
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or not isinstance(owner.get("pid"), int):
+                    self.lock.unlink(missing_ok=True)  # unreadable: a writer killed while creating it
+                    continue
+                if owner.get("host") != self.host:
+                    raise StoreError(f"{self.path} is being written by pid {owner['pid']} on {owner.get('host')} "
+                                     f"(lock {self.lock}); if that run is gone, remove the lock file") from None
+                if owner["pid"] != os.getpid() and _alive(owner["pid"]):
+                    raise StoreError(f"{self.path} is being written by pid {owner['pid']}; wait for it to finish "
+                                     "or stop it, then run again") from None
+                self.lock.unlink(missing_ok=True)  # the owner died: take the lock over
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot create {self.lock}: {e.strerror or e}") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": self.host}, fh)
+            self.held = True
+            return self
+        raise StoreError(f"could not take the lock {self.lock}; remove it if no glmjax run writes {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            owner = self._owner()
+            if owner is not None and owner.get("pid") == os.getpid():
+                self.lock.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name a store is written under until it is finalized."""
     p = Path(path)
@@ -99,19 +251,29 @@ class TableWriter:
         self.ragged = dict(ragged or {})
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path} already exists; choose another output or pass --overwrite")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder; give a file name for the store")
+        if self.path.exists() and not is_own_output(self.path):
+            raise StoreError(f"{self.path} exists and is not a glmjax store; --overwrite only replaces glmjax's "
+                             "own outputs: choose another output or remove it yourself")
         if not self.path.parent.exists():
             raise InputFileError(f"output folder {self.path.parent} does not exist; create it first")
         self.resumed_rows = 0
-        if resume and self.tmp.exists():
-            self.f = self._open_existing()
-        else:
-            if self.tmp.exists():
-                self.tmp.unlink()
-            # No free-space reuse: a chunk rewritten after a commit goes to new space, so the chunks
-            # the last committed (flushed) metadata points to stay intact if the writer is killed
-            # (with reuse, a killed run left chunks overwritten by other data and could not resume).
-            self.f = h5py.File(self.tmp, "w", fs_strategy="none")
-            self._create(version, attrs or {}, compression)
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            if resume and self.tmp.exists():
+                self.f = self._open_existing()
+            else:
+                if self.tmp.exists():
+                    self.tmp.unlink()
+                # No free-space reuse: a chunk rewritten after a commit goes to new space, so the chunks
+                # the last committed (flushed) metadata points to stay intact if the writer is killed
+                # (with reuse, a killed run left chunks overwritten by other data and could not resume).
+                self.f = h5py.File(self.tmp, "w", fs_strategy="none")
+                self._create(version, attrs or {}, compression)
+        except BaseException:
+            self._lock.release()
+            raise
         self.rows = int(self.f.attrs["committed_rows"])
         self.resumed_rows = self.rows
 
@@ -212,7 +374,10 @@ class TableWriter:
         self.commit(self.rows)
         self.f.attrs["complete"] = True
         self.f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        finally:
+            self._lock.release()
         return self.path
 
     def abort(self, keep_partial: bool = False) -> None:
@@ -223,6 +388,7 @@ class TableWriter:
             pass
         if not keep_partial and self.tmp.exists():
             self.tmp.unlink()
+        self._lock.release()
 
     def __enter__(self) -> TableWriter:
         return self

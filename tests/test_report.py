@@ -334,3 +334,27 @@ def test_html_renders_in_headless_chromium(written, tmp_path):
     assert img.shape[:2] == (4000, 1200)
     ink = (img[..., :3].min(axis=-1) < 0.9).mean()
     assert ink > 0.03  # text, tables and plots drew something substantial
+
+
+def test_an_attack_on_a_sample_of_rows_counts_towards_the_risk():
+    """The neighbourhood attack runs on a sample of the rows; when it separates members best it
+    sets the MIA vector (it used to be added after the risk was computed)."""
+    rng = np.random.default_rng(5)
+    labels = np.repeat([True, False], 500)
+    weak = rng.normal(0, 1, 1000)
+    lab_s = np.repeat([True, False], 100)
+    strong = np.where(lab_s, 3.0, 0.0) + rng.normal(0, 0.5, 200)
+    res = RP.AuditResult(mode="causal", mia_scores={"loss": weak}, mia_labels=labels,
+                         mia_sample_scores={"neighbourhood": (lab_s, strong)}, n_bootstrap=0)
+    rep = RP.evaluate(res)
+    validate_report(rep)
+    mia = rep["mia"]
+    assert mia["strongest_attack"] == "neighbourhood" and rep["risk"]["sources"]["mia"] == "neighbourhood"
+    nb = mia["attacks"]["neighbourhood"]
+    assert nb["rows"] == 200 and nb["n_members"] == 100 and mia["neighbourhood"] == nb
+    assert rep["risk"]["vectors"]["mia"] == pytest.approx(max(nb["tpr_at_fpr"]["0.01"], nb["advantage"]))
+    assert "rows" not in mia["attacks"]["loss"]
+    assert mia["epsilon"]["attack"] == "neighbourhood"
+    with pytest.raises(ConfigError, match="on all rows and on a sample"):
+        RP.evaluate(RP.AuditResult(mode="causal", mia_scores={"loss": weak}, mia_labels=labels,
+                                   mia_sample_scores={"loss": (lab_s, strong)}, n_bootstrap=0))

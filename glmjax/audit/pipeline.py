@@ -387,12 +387,12 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
                      "reference": None if ref_model is None else str(ref_model.source),
                      "shadows": None if shadows is None else str(shadows)}
     log("statistics and report")
+    if nb_scores is not None:  # evaluated on its sampled rows; it counts towards the MIA risk
+        pick, nbs = nb_scores
+        result.mia_sample_scores["neighbourhood"] = (labels[pick], nbs)
     report = evaluate(result, reveal=reveal)
     if extraction_info is not None:
         report["extraction_attacks"] = extraction_info
-    if nb_scores is not None:
-        pick, nbs = nb_scores
-        report["mia"]["neighbourhood"] = _neighbourhood_metrics(labels[pick], nbs, opts)
     if manifest is not None:
         report["exposure_plan"] = exposure_plan
     report["skipped"] = skipped
@@ -446,13 +446,6 @@ def _plan_exposure(model: LoadedModel, entries: list[dict], opts: AuditOptions, 
             f"{est_text} -> {row['method']} ({row['reason']})")
         plan.append(row)
     return plan
-
-
-def _neighbourhood_metrics(labels: np.ndarray, scores: np.ndarray, opts: AuditOptions) -> dict:
-    from glmjax.audit.metrics import evaluate_attack
-
-    m = evaluate_attack(labels, scores, n_bootstrap=opts.n_bootstrap, seed=opts.seed)
-    return {"rows": int(len(scores)), **m.to_dict()}
 
 
 def _random_secrets(k: int, n: int, seed: int, i: int) -> np.ndarray:

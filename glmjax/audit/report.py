@@ -86,6 +86,9 @@ class AuditResult:
         non-member windows when there is no control.
       reference_*: the same sequences under a reference model in ``reference_mode``.
       mia_scores: attack name -> float [N] scores (higher = member), mia_labels: bool [N].
+      mia_sample_scores: attack name -> (labels bool [n], scores float [n]) for attacks run on a
+        sample of the rows (the neighbourhood attack); they count towards the risk like the others
+        and their entry says how many rows they saw (``rows``).
       one_run: optional (scores [m], included [m]) of canaries inserted with probability 1/2 for
         the one-run ε audit.
     """
@@ -105,6 +108,7 @@ class AuditResult:
     reference_canary_log_ppl: np.ndarray | None = None
     mia_scores: dict[str, np.ndarray] = field(default_factory=dict)
     mia_labels: np.ndarray | None = None
+    mia_sample_scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     one_run: tuple[np.ndarray, np.ndarray] | None = None
     fpr_targets: Sequence[float] = (0.001, 0.01)
     detection_fpr: float = 0.01
@@ -263,18 +267,28 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
     if result.mia_scores:
         if result.mia_labels is None:
             raise ConfigError("membership-attack scores need labels (True = member)")
+        inputs = {name: (result.mia_labels, s) for name, s in result.mia_scores.items()}
+        overlap = set(inputs) & set(result.mia_sample_scores)
+        if overlap:
+            raise ConfigError(f"membership attack {sorted(overlap)[0]!r} is given on all rows and on a sample")
+        inputs.update(result.mia_sample_scores)
         attacks: dict[str, M.AttackMetrics] = {}
-        for i, (name, s) in enumerate(sorted(result.mia_scores.items())):
-            attacks[name] = M.evaluate_attack(result.mia_labels, s, n_bootstrap=result.n_bootstrap,
+        for i, (name, (lab, s)) in enumerate(sorted(inputs.items())):
+            attacks[name] = M.evaluate_attack(lab, s, n_bootstrap=result.n_bootstrap,
                                               seed=result.seed + i, confidence=result.confidence,
                                               fpr_targets=fpr_targets)
         vectors["mia"], best = R.mia_risk({k: (a.tpr_at_fpr[R.MIA_FPR], a.advantage) for k, a in attacks.items()})
         sources["mia"] = best
-        eps = M.epsilon_lower_bound_from_scores(result.mia_labels, result.mia_scores[best],
+        eps = M.epsilon_lower_bound_from_scores(inputs[best][0], inputs[best][1],
                                                 fpr_targets=fpr_targets, delta=result.epsilon_delta,
                                                 alpha=1.0 - result.confidence, seed=result.seed)
-        mia = {"fpr_targets": list(fpr_targets), "attacks": {k: a.to_dict() for k, a in attacks.items()},
+        entries = {k: a.to_dict() for k, a in attacks.items()}
+        for k in result.mia_sample_scores:
+            entries[k]["rows"] = int(len(inputs[k][1]))
+        mia = {"fpr_targets": list(fpr_targets), "attacks": entries,
                "strongest_attack": best, "epsilon": {"attack": best, **eps.to_dict()}}
+        if "neighbourhood" in entries:  # also under its own key, as before
+            mia["neighbourhood"] = entries["neighbourhood"]
         if result.one_run is not None:
             s1, inc = result.one_run
             m = len(s1)

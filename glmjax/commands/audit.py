@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reveal", action="store_true", help="write raw canary secrets into the report")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, io=(("model", "data", "canaries", "reference", "shadows"), ("out",)))
 
 
 def run(args) -> int:

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="window only this record or region (1-based, inclusive; repeatable; needs --indexed)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
                    "STORE.h5.partial file")
-    p.set_defaults(func=cmd_window)
+    p.set_defaults(func=cmd_window, io=(("input:INPUT",), ("out",)))
 
     p = sub.add_parser("synth", help="write synthetic sequences (i.i.d. or Markov fitted to a genome)",
                        description="Write NUM synthetic sequences of LENGTH bases: i.i.d. with GC "
@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gc", type=float, default=0.5, help="GC fraction of i.i.d. sequences (default 0.5)")
     p.add_argument("--pseudocount", type=float, default=1.0, help="added to every (k+1)-mer count")
     p.add_argument("--seed", required=True, type=int)
-    p.set_defaults(func=cmd_synth)
+    p.set_defaults(func=cmd_synth, io=(("fit",), ("out",)))
 
     p = sub.add_parser("canaries", help="generate a canary manifest (prefix + secret)",
                        description="Generate NUM canaries (prefix + secret) and optional controls, "
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-homopolymer", type=int, default=5, help="longest allowed run of one base")
     p.add_argument("--min-entropy", type=float, default=0.6, help="minimum normalised dinucleotide entropy")
     p.add_argument("--max-dust", type=float, default=2.0, help="maximum DUST score (64-nt windows)")
-    p.set_defaults(func=cmd_canaries)
+    p.set_defaults(func=cmd_canaries, io=(("screen",), ("out",)))
 
     p = sub.add_parser("plant", help="plant canaries into a copy of a store at a repetition schedule",
                        description="Plant the canaries of a manifest into a new store, each repeated "
@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "the others are recorded as held out")
     p.add_argument("--manifest-out", default=None, metavar="PLANTED.json", help="planted manifest "
                    "(default: PLANTED.canaries.json)")
-    p.set_defaults(func=cmd_plant)
+    p.set_defaults(func=cmd_plant, io=(("store:STORE", "canaries"), ("out", "manifest_out")))
 
     p = sub.add_parser("split", help="seeded member / non-member split, written into the store",
                        description="Split a store into members and non-members (canary rows are always "

@@ -55,7 +55,7 @@ def register_into(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of --unphased random")
     p.add_argument("--max-n-fraction", type=float, default=0.1, help="drop windows with a larger "
                    "fraction of N (default 0.1)")
-    p.set_defaults(func=cmd_import_vcf)
+    p.set_defaults(func=cmd_import_vcf, io=(("reference", "vcf", "samples"), ("out",)))
 
 
 def cmd_import_vcf(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based weights (e.g. the NT "
                    "JAX .joblib file): a pickle is a program, use this only for files of trusted origin")
     p.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
-    p.set_defaults(func=cmd_convert)
+    p.set_defaults(func=cmd_convert, io=(("src:SRC",), ("out",)))
 
     p = sub.add_parser("list", help="list the registered model families and their presets",
                        description="List the registered model families: objective, architecture class, "

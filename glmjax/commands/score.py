@@ -48,7 +48,7 @@ def register(sub) -> None:
     g.add_argument("--coordinator", default=None, help="coordinator address host:port")
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
-    p.set_defaults(func=run_score)
+    p.set_defaults(func=run_score, io=(("model", "input"), ("out",)))
 
     m = sub.add_parser("merge-scores", help="merge the shard ScoreStores of a multi-process run",
                        description="Concatenate shard outputs of `glmjax score` (one per process) in row order. "
@@ -57,7 +57,7 @@ def register(sub) -> None:
     m.add_argument("--out", required=True, help="merged ScoreStore")
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--allow-partial", action="store_true", help="merge even if some shards of the run are missing")
-    m.set_defaults(func=run_merge)
+    m.set_defaults(func=run_merge, io=(("shards:SHARD",), ("out",)))
 
     b = sub.add_parser("bench", help="benchmark scoring throughput (tokens/s, FLOP/s vs measured peak)",
                        description="Time the compiled scoring step on device-resident random sequences: compile "

@@ -45,7 +45,7 @@ def register(sub) -> None:
                    help="fraction of non-member rows used for validation loss (default 0.05)")
     p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, io=(("data", "config"), ("out",)))
 
     s = sub.add_parser("train-shadows", help="train M shadow/reference models on random halves of a store",
                        description="Train M models, each on a seeded random half of every row of the store "
@@ -54,7 +54,7 @@ def register(sub) -> None:
     s.add_argument("--num-models", type=int, required=True)
     s.add_argument("--mode", choices=["auto", "vmapped", "sequential"], default="auto",
                    help="vmapped: all models in one compiled step on one device (small models)")
-    s.set_defaults(func=run_shadows)
+    s.set_defaults(func=run_shadows, io=(("data", "config"), ("out",)))
 
 
 def _dtype(name: str) -> str:

@@ -50,7 +50,6 @@ from glmjax.errors import ConfigError, GlmjaxError, SequenceError, StoreError
 from glmjax.kernels.logprob import STAT_NAMES, causal_scores
 from glmjax.kernels.pll import pll_exact, pll_patterns, random_patterns, strided_patterns
 from glmjax.kernels.reductions import row_stat_names, sequence_reductions
-from glmjax.storage import partial_path
 
 ROW_STATS = row_stat_names(MINK_PERCENTS)
 DEFAULT_FRACTION = 0.15
@@ -556,8 +555,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         run = {"mode": mode.name, "params": mode.param_dict, "model": mprov["fingerprint"], "dtype": mprov["dtype"],
                "input": str(Path(input_path).resolve()), "rows": [lo, hi], "total": n, "window": window,
                "per_token": per_token, "objective": model.objective}
-        if not resume and partial_path(out_path).exists():
-            partial_path(out_path).unlink()
+        # the writer takes OUT's lock before it touches a partial file (a live run's is never removed)
         writer = ScoreStoreWriter(out_path, mode.name, mode.param_dict, model.objective, provenance=prov,
                                   per_token=per_token, run=run, resume=resume, overwrite=overwrite)
         try:

@@ -279,12 +279,24 @@ def is_glmjax_dir(path: Path) -> bool:
 
 def save_glmjax(path: Path, family: str, config_dict: dict, module: nnx.Module,
                 extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-    """Save a model as ``glmjax_model.json`` + orbax ``state/`` (written to a temp dir, then renamed)."""
-    import orbax.checkpoint as ocp
+    """Save a model as ``glmjax_model.json`` + orbax ``state/`` (written to a temp dir, then renamed).
+    ``overwrite`` replaces only a folder glmjax wrote; the folder is locked while it is written."""
+    from glmjax.storage import OutputLock, is_own_output, remove_own_output
 
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists; choose another output or pass --overwrite")
+    if path.exists() and not is_own_output(path):
+        raise CheckpointError(f"{path} exists and is not a glmjax model folder; --overwrite only replaces glmjax's "
+                              "own outputs: choose another output or remove it yourself")
+    with OutputLock(path):
+        return _save_glmjax(path, family, config_dict, module, extra, remove_own_output)
+
+
+def _save_glmjax(path: Path, family: str, config_dict: dict, module: nnx.Module, extra: dict[str, Any] | None,
+                 remove_own_output) -> Path:
+    import orbax.checkpoint as ocp
+
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -297,8 +309,7 @@ def save_glmjax(path: Path, family: str, config_dict: dict, module: nnx.Module,
     meta = {"format": "glmjax.model", "format_version": 1, "family": family, "config": config_dict,
             **(extra or {})}
     (tmp / GLMJAX_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if path.exists():
-        shutil.rmtree(path)
+    remove_own_output(path)
     tmp.rename(path)
     return path
 

@@ -130,15 +130,16 @@ def train_shadows(factory: Callable[[int], LoadedModel], store_path: str | Path,
         optimizer state take under 2 GB).
     """
     from glmjax.data.store import SequenceStore
+    from glmjax.storage import remove_own_output
 
     out = Path(out)
+    if num_models < 1:
+        raise ConfigError("--num-models must be >= 1")
     if out.exists():
         if not overwrite and (out / "shadows.json").exists():
             raise ConfigError(f"{out} already holds shadow models; choose another --out or pass --overwrite")
         if overwrite:
-            shutil.rmtree(out)
-    if num_models < 1:
-        raise ConfigError("--num-models must be >= 1")
+            remove_own_output(out)
     probe = factory(shadow_seed(cfg.seed, 0))
     with SequenceStore(store_path) as store:
         rows = np.arange(len(store))

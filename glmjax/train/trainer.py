@@ -431,11 +431,12 @@ def train(model: LoadedModel, store_path: str | Path, cfg: TrainConfig, out: str
     configuration it is an error unless ``overwrite``.
     """
     from glmjax.data.store import SequenceStore
+    from glmjax.storage import remove_own_output
     from glmjax.train.data import tokenize_rows, training_rows
 
     out = Path(out)
     if overwrite and out.exists():
-        shutil.rmtree(out)
+        remove_own_output(out)
     with SequenceStore(store_path) as store:
         train_rows, val_rows = training_rows(store, val_fraction, cfg.seed)
         max_len = getattr(model.config, "max_len", None)
