@@ -63,24 +63,45 @@ def encode(seq: str | bytes | np.ndarray, record: str = "<sequence>", offset: in
     Raises:
       SequenceError: on any character that is neither a base nor an IUPAC ambiguity code.
     """
+    if isinstance(seq, str) and not seq.isascii():
+        pos = next(i for i, ch in enumerate(seq) if not ch.isascii())
+        _invalid(record, offset + pos, repr(seq[pos]) if seq[pos].isprintable() else f"U+{ord(seq[pos]):04X}")
     if isinstance(seq, np.ndarray):
         raw = seq.astype(np.uint8, copy=False).ravel()
     else:
-        raw = np.frombuffer(seq.encode("latin-1") if isinstance(seq, str) else bytes(seq), dtype=np.uint8)
+        raw = np.frombuffer(seq.encode("ascii") if isinstance(seq, str) else bytes(seq), dtype=np.uint8)
     codes = _ENCODE[raw]
     bad = np.flatnonzero(codes == INVALID)
     if bad.size:
         pos = int(bad[0])
-        ch = chr(raw[pos])
-        shown = repr(ch) if ch.isprintable() else f"byte 0x{raw[pos]:02x}"
-        raise SequenceError(
-            f"record {record!r}, position {offset + pos + 1}: {shown} is not a nucleotide "
-            "(allowed: A C G T N, lowercase, IUPAC codes R Y S W K M B D H V)"
-        )
+        _invalid(record, offset + pos, _shown(raw, pos))
     if stats is not None:
         stats.ambiguous += int(_AMBIG[raw].sum())
         stats.lowercase += int(((raw >= 97) & (raw <= 122)).sum())
     return codes
+
+
+def _shown(raw: np.ndarray, pos: int) -> str:
+    """The offending character at byte ``pos``: a printable ASCII character as itself, a UTF-8
+    encoded character (a non-ASCII letter in a text file) decoded, anything else as its byte."""
+    b = int(raw[pos])
+    if b < 0x80:
+        ch = chr(b)
+        return repr(ch) if ch.isprintable() else f"byte 0x{b:02x}"
+    for n in (2, 3, 4):
+        try:
+            ch = bytes(raw[pos:pos + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return f"{ch!r} (UTF-8 bytes {' '.join(f'0x{x:02x}' for x in raw[pos:pos + n])})"
+    return f"byte 0x{b:02x}"
+
+
+def _invalid(record: str, index: int, shown: str) -> None:
+    raise SequenceError(
+        f"record {record!r}, position {index + 1}: {shown} is not a nucleotide "
+        "(allowed: A C G T N, lowercase, IUPAC codes R Y S W K M B D H V)"
+    )
 
 
 def decode(codes: np.ndarray) -> str:

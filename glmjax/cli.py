@@ -62,7 +62,10 @@ def check_command_io(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``glmjax`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad option (one line, status 2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if argv is not None:  # provenance records this call, not the command line of the host process
         set_command_line(["glmjax", *argv])
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from glmjax.commands import argtypes as A
 from glmjax.errors import ConfigError
 
 
@@ -24,21 +25,21 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--pll", help="masked LMs: exact (default), strided:K or random:K")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (default: the model's)")
-    p.add_argument("--batch-tokens", type=int, help="tokens per device and forward pass")
-    p.add_argument("--exact-k-max", type=int, default=10,
+    p.add_argument("--batch-tokens", type=A.positive_int, help="tokens per device and forward pass")
+    p.add_argument("--exact-k-max", type=A.count, default=10,
                    help="enumerate all 4^k candidates for secrets up to k nucleotides (default 10; 0: never "
                    "enumerate, always use the sampled estimate)")
-    p.add_argument("--exact-budget", type=float, default=120.0, metavar="SECONDS",
+    p.add_argument("--exact-budget", type=A.number(0.0, allow_inf=True), default=120.0, metavar="SECONDS",
                    help="enumerate only while the estimated time of the exact enumeration stays within this "
                    "many seconds; longer secret lengths get the sampled estimate, and the report says so "
                    "(default 120; inf: no limit)")
-    p.add_argument("--exposure-samples", type=int, default=4096,
+    p.add_argument("--exposure-samples", type=A.positive_int, default=4096,
                    help="random candidates per canary for the sampled exposure estimate (longer secrets)")
-    p.add_argument("--beam-width", type=int, default=8)
-    p.add_argument("--neighbours", type=int, default=8, help="neighbours per sequence (0: no neighbourhood attack)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for confidence intervals")
-    p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the detection threshold")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beam-width", type=A.positive_int, default=8)
+    p.add_argument("--neighbours", type=A.count, default=8, help="neighbours per sequence (0: no neighbourhood attack)")
+    p.add_argument("--bootstrap", type=A.count, default=200, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--fpr", type=A.open_fraction, default=0.01, help="false-positive rate of the detection threshold")
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--reveal", action="store_true", help="write raw canary secrets into the report")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
     p.set_defaults(func=run, io=(("model", "data", "canaries", "reference", "shadows"), ("out",)))

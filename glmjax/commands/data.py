@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from glmjax.commands import argtypes as A
 from glmjax.progress import progress
 
 _WINDOW_HELP = """\
@@ -34,11 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="INPUT.fa[.gz]", help="FASTA file (plain, gzip or bgzip)")
     p.add_argument("--out", required=True, metavar="STORE.h5", help="SequenceStore to write")
-    p.add_argument("--length", required=True, type=int, help="window length in nucleotides")
-    p.add_argument("--stride", type=int, default=None, help="distance between window starts (default: "
+    p.add_argument("--length", required=True, type=A.positive_int, help="window length in nucleotides")
+    p.add_argument("--stride", type=A.positive_int, default=None, help="distance between window starts (default: "
                    "--length)")
     p.add_argument("--rc", action="store_true", help="also store the reverse complement of every window")
-    p.add_argument("--max-n-fraction", type=float, default=0.1, help="drop windows with a larger "
+    p.add_argument("--max-n-fraction", type=A.fraction, default=0.1, help="drop windows with a larger "
                    "fraction of N (default 0.1)")
     p.add_argument("--keep-partial", action="store_true", help="keep the shorter window at the end of "
                    "each record (default: drop it)")
@@ -55,13 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "fraction --gc, or a Markov chain of order --order fitted to --fit GENOME.fa "
                        "((k+1)-mer counts + --pseudocount).")
     p.add_argument("--out", required=True, metavar="STORE.h5")
-    p.add_argument("--num", required=True, type=int, help="number of sequences")
-    p.add_argument("--length", required=True, type=int, help="length of each sequence (nt)")
-    p.add_argument("--order", type=int, default=None, help="Markov order k (needs --fit; default 0)")
+    p.add_argument("--num", required=True, type=A.positive_int, help="number of sequences")
+    p.add_argument("--length", required=True, type=A.positive_int, help="length of each sequence (nt)")
+    p.add_argument("--order", type=A.count, default=None, help="Markov order k (needs --fit; default 0)")
     p.add_argument("--fit", default=None, metavar="GENOME.fa", help="genome to fit the Markov chain to")
-    p.add_argument("--gc", type=float, default=0.5, help="GC fraction of i.i.d. sequences (default 0.5)")
-    p.add_argument("--pseudocount", type=float, default=1.0, help="added to every (k+1)-mer count")
-    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--gc", type=A.fraction, default=0.5, help="GC fraction of i.i.d. sequences (default 0.5)")
+    p.add_argument("--pseudocount", type=A.non_negative, default=1.0, help="added to every (k+1)-mer count")
+    p.add_argument("--seed", required=True, type=A.seed)
     p.set_defaults(func=cmd_synth, io=(("fit",), ("out",)))
 
     p = sub.add_parser("canaries", help="generate a canary manifest (prefix + secret)",
@@ -69,19 +70,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "rejecting low-complexity secrets (homopolymer runs, low dinucleotide entropy, "
                        "DUST) and, with --screen, secrets found in a store; write a JSON manifest.")
     p.add_argument("--out", required=True, metavar="MANIFEST.json")
-    p.add_argument("--num", required=True, type=int, help="number of canaries")
-    p.add_argument("--prefix-len", required=True, type=int, help="prefix length (nt)")
-    p.add_argument("--secret-len", required=True, type=int, help="secret length (nt)")
-    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--num", required=True, type=A.positive_int, help="number of canaries")
+    p.add_argument("--prefix-len", required=True, type=A.count, help="prefix length (nt)")
+    p.add_argument("--secret-len", required=True, type=A.positive_int, help="secret length (nt)")
+    p.add_argument("--seed", required=True, type=A.seed)
     p.add_argument("--screen", default=None, metavar="STORE.h5", help="reject secrets (or their reverse "
                    "complements) occurring in this store")
-    p.add_argument("--screen-k", type=int, default=None, help="k-mer length of the screen (default "
+    p.add_argument("--screen-k", type=A.positive_int, default=None, help="k-mer length of the screen (default "
                    "min(secret length, 32))")
-    p.add_argument("--gc", type=float, default=0.5, help="GC fraction of prefixes and secrets")
-    p.add_argument("--controls", type=int, default=0, help="never-planted control canaries to add")
-    p.add_argument("--max-homopolymer", type=int, default=5, help="longest allowed run of one base")
-    p.add_argument("--min-entropy", type=float, default=0.6, help="minimum normalised dinucleotide entropy")
-    p.add_argument("--max-dust", type=float, default=2.0, help="maximum DUST score (64-nt windows)")
+    p.add_argument("--gc", type=A.fraction, default=0.5, help="GC fraction of prefixes and secrets")
+    p.add_argument("--controls", type=A.count, default=0, help="never-planted control canaries to add")
+    p.add_argument("--max-homopolymer", type=A.positive_int, default=5, help="longest allowed run of one base")
+    p.add_argument("--min-entropy", type=A.non_negative, default=0.6, help="minimum normalised dinucleotide entropy")
+    p.add_argument("--max-dust", type=A.non_negative, default=2.0, help="maximum DUST score (64-nt windows)")
     p.set_defaults(func=cmd_canaries, io=(("screen",), ("out",)))
 
     p = sub.add_parser("plant", help="plant canaries into a copy of a store at a repetition schedule",
@@ -92,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--canaries", required=True, metavar="MANIFEST.json")
     p.add_argument("--schedule", required=True, help="repetition counts, e.g. 1,2,4,8,16,32,64")
     p.add_argument("--out", required=True, metavar="PLANTED.h5")
-    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--seed", required=True, type=A.seed)
     p.add_argument("--mode", choices=("standalone", "splice"), default="standalone")
     p.add_argument("--one-run", action="store_true", help="include each canary with probability 1/2; "
                    "the others are recorded as held out")
@@ -104,8 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Split a store into members and non-members (canary rows are always "
                        "members), by row or by group; the split is written into STORE.h5.")
     p.add_argument("store", metavar="STORE.h5")
-    p.add_argument("--member-fraction", required=True, type=float)
-    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--member-fraction", required=True, type=A.open_fraction)
+    p.add_argument("--seed", required=True, type=A.seed)
     p.add_argument("--by", choices=("record", "group", "source"), default="record",
                    help="unit of the split (group: all rows of a group on the same side)")
     p.set_defaults(func=cmd_split)
@@ -142,6 +143,8 @@ def cmd_window(args: argparse.Namespace) -> int:
         "dropped (N)": s["dropped_n"], "partial kept": s["partial_kept"],
         "partial dropped": s["partial_dropped"], "ambiguous -> N": s["ambiguous"],
         "lowercase": s["lowercase"], "resumed rows": s["resumed_rows"],
+        **({"not windowed": f"{args.stride - args.length} nt after each window (--stride > --length)"}
+           if args.stride and args.stride > args.length else {}),
         "seconds": round(time.perf_counter() - t0, 2)})
     return 0
 

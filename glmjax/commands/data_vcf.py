@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from glmjax.commands import argtypes as A
 from glmjax.progress import progress
 
 _HELP = """\
@@ -44,16 +45,16 @@ def register_into(data_subparsers: argparse._SubParsersAction) -> None:
                    "(0-based, half-open)")
     p.add_argument("--samples", default=None, metavar="FILE", help="samples to import, one per line "
                    "(default: all samples of the VCF)")
-    p.add_argument("--window", required=True, type=int, metavar="N", help="window length in nucleotides")
-    p.add_argument("--stride", type=int, default=None, metavar="S", help="distance between window starts "
+    p.add_argument("--window", required=True, type=A.positive_int, metavar="N", help="window length in nucleotides")
+    p.add_argument("--stride", type=A.positive_int, default=None, metavar="S", help="distance between window starts "
                    "on the haplotype (default: --window)")
     p.add_argument("--out", required=True, metavar="STORE", help="SequenceStore to write")
     p.add_argument("--unphased", choices=("refuse", "random"), default="refuse",
                    help="heterozygous unphased calls: refuse (default) or order the alleles at random")
     p.add_argument("--missing", choices=("refuse", "ref"), default="refuse",
                    help="missing calls: refuse (default) or use the reference allele")
-    p.add_argument("--seed", type=int, default=None, help="seed of --unphased random")
-    p.add_argument("--max-n-fraction", type=float, default=0.1, help="drop windows with a larger "
+    p.add_argument("--seed", type=A.seed, default=None, help="seed of --unphased random")
+    p.add_argument("--max-n-fraction", type=A.fraction, default=0.1, help="drop windows with a larger "
                    "fraction of N (default 0.1)")
     p.set_defaults(func=cmd_import_vcf, io=(("reference", "vcf", "samples"), ("out",)))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from glmjax.commands import argtypes as A
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole audit on bundled real genomes (no downloads, CPU minutes)",
@@ -14,7 +16,7 @@ def register(sub) -> None:
                    help="comma-separated model families to train (default llama,hyenadna); `evo` stands for "
                    "evo1,evo2 (StripedHyena 1 and 2, the Evo architectures)")
     p.add_argument("--quick", action="store_true", help="smaller run (shorter secrets, fewer epochs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=A.seed, default=0)
     p.set_defaults(func=run)
 
 

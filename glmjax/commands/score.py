@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from glmjax.commands import argtypes as A
 from glmjax.errors import ConfigError
 
 
@@ -26,17 +27,17 @@ def register(sub) -> None:
                         "tokens, seeded by --seed; each token averaged over the masks covering it)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="compute dtype (auto: bf16 on GPU/TPU, fp32 on CPU); statistics are always fp32")
-    p.add_argument("--batch-tokens", type=int, default=None,
+    p.add_argument("--batch-tokens", type=A.positive_int, default=None,
                    help="tokens per device and forward pass (default 65536 on accelerators, 4096 on CPU)")
     p.add_argument("--per-token", action="store_true", help="also store per-token log p, mu, sigma, entropy, rank")
-    p.add_argument("--window", type=int, default=None, metavar="W",
+    p.add_argument("--window", type=A.positive_int, default=None, metavar="W",
                    help="score sequences longer than W nucleotides in consecutive windows of W "
                         "(each window scored on its own; row statistics over all windows' tokens)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random PLL masks")
-    p.add_argument("--block-rows", type=int, default=16384,
+    p.add_argument("--seed", type=A.seed, default=0, help="seed of the random PLL masks")
+    p.add_argument("--block-rows", type=A.positive_int, default=16384,
                    help="rows per block: unit of in-order writing and of resume commits")
-    p.add_argument("--devices", type=int, default=None, help="use the first N local devices (default: all)")
-    p.add_argument("--host-workers", type=int, default=None,
+    p.add_argument("--devices", type=A.positive_int, default=None, help="use the first N local devices (default: all)")
+    p.add_argument("--host-workers", type=A.positive_int, default=None,
                    help="threads that read and tokenize blocks ahead of the devices (default: half the CPUs, "
                         "1 to 4; $GLMJAX_HOST_WORKERS)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -46,8 +47,8 @@ def register(sub) -> None:
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process run detected from the environment (TPU pod, SLURM, JAX_* vars)")
     g.add_argument("--coordinator", default=None, help="coordinator address host:port")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--num-processes", type=A.positive_int, default=None)
+    g.add_argument("--process-id", type=A.count, default=None)
     p.set_defaults(func=run_score, io=(("model", "input"), ("out",)))
 
     m = sub.add_parser("merge-scores", help="merge the shard ScoreStores of a multi-process run",
@@ -67,12 +68,12 @@ def register(sub) -> None:
     src.add_argument("--model", help="model folder")
     src.add_argument("--family", help="randomly initialised model of this family (with --shape)")
     b.add_argument("--shape", default=None, help="preset of the family (tiny, small, 100m, ...; default tiny)")
-    b.add_argument("--seq-len", type=int, default=1000, help="sequence length in nucleotides (default 1000)")
-    b.add_argument("--batch-tokens", type=int, default=None)
+    b.add_argument("--seq-len", type=A.positive_int, default=1000, help="sequence length in nucleotides (default 1000)")
+    b.add_argument("--batch-tokens", type=A.positive_int, default=None)
     b.add_argument("--devices", default=None, help="device counts to run on, e.g. 1,2,4 (default: all)")
     b.add_argument("--pll", default=None, help="PLL mode for masked LMs (default strided:8 for benchmarks)")
     b.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
-    b.add_argument("--iters", type=int, default=10)
+    b.add_argument("--iters", type=A.positive_int, default=10)
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--trust-pickle", action="store_true")
     b.set_defaults(func=run_bench)

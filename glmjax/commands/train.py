@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glmjax.commands import argtypes as A
 from glmjax.errors import ConfigError
 
 
@@ -17,19 +18,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(default: tiny)")
     p.add_argument("--data", required=True, help="SequenceStore to train on (its member split)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per step")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip-norm", type=float, default=1.0)
-    p.add_argument("--lora", type=int, default=0, metavar="RANK", help="train LoRA adapters of this rank")
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--epochs", type=A.positive_int, default=3)
+    p.add_argument("--batch-size", type=A.positive_int, default=16)
+    p.add_argument("--grad-accum", type=A.positive_int, default=1, help="micro-batches accumulated per step")
+    p.add_argument("--lr", type=A.positive, default=1e-3)
+    p.add_argument("--warmup-steps", type=A.count, default=50)
+    p.add_argument("--weight-decay", type=A.non_negative, default=0.01)
+    p.add_argument("--clip-norm", type=A.non_negative, default=1.0)
+    p.add_argument("--lora", type=A.count, default=0, metavar="RANK", help="train LoRA adapters of this rank")
+    p.add_argument("--lora-alpha", type=A.positive, default=None, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--lora-targets", default="", help="comma-separated layer-name patterns (default: family's)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="compute dtype (auto: bf16 on GPU/TPU, fp32 on CPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -41,17 +42,17 @@ def register(sub) -> None:
                        "(LoRA), OUT/checkpoints (resume: rerun the same command), OUT/train_log.jsonl, "
                        "OUT/loss.png.")
     _common(p)
-    p.add_argument("--val-fraction", type=float, default=0.05,
+    p.add_argument("--val-fraction", type=A.number(0.0, 1.0, high_open=True), default=0.05,
                    help="fraction of non-member rows used for validation loss (default 0.05)")
-    p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
-    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--patience", type=A.count, default=0, help="early stopping patience in epochs (0: off)")
+    p.add_argument("--checkpoint-every", type=A.positive_int, default=200, help="steps between checkpoints")
     p.set_defaults(func=run_train, io=(("data", "config"), ("out",)))
 
     s = sub.add_parser("train-shadows", help="train M shadow/reference models on random halves of a store",
                        description="Train M models, each on a seeded random half of every row of the store "
                        "(the LiRA protocol); saves OUT/inclusion.npy, OUT/shadows.json, OUT/shadow_XXX/.")
     _common(s)
-    s.add_argument("--num-models", type=int, required=True)
+    s.add_argument("--num-models", type=A.positive_int, required=True)
     s.add_argument("--mode", choices=["auto", "vmapped", "sequential"], default="auto",
                    help="vmapped: all models in one compiled step on one device (small models)")
     s.set_defaults(func=run_shadows, io=(("data", "config"), ("out",)))

@@ -489,6 +489,10 @@ def default_manifest_path(out: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".canaries.json")
 
 
+# copies one plant may write: every copy is a store row and a placement record in the manifest
+MAX_COPIES = 1_000_000
+
+
 def plant(store_path: str | os.PathLike, manifest_path: str | os.PathLike, out: str | os.PathLike,
           schedule: Sequence[int], seed: int, mode: str = "standalone", one_run: bool = False,
           manifest_out: str | os.PathLike | None = None,
@@ -545,6 +549,11 @@ def plant(store_path: str | os.PathLike, manifest_path: str | os.PathLike, out: 
         codes = {e["id"]: alphabet.encode(e["prefix"] + e["secret"], record=e["id"]) for e in canaries}
         clen = {cid: c.size for cid, c in codes.items()}
         copies = int(reps.sum())
+        if copies > MAX_COPIES:  # refused before anything is allocated
+            nt = sum(int(r) * clen[e["id"]] for e, r in zip(canaries, reps, strict=True))
+            raise CanaryError(f"the schedule plants {copies:,} canary copies ({nt / 1e6:,.0f} M nt, one manifest "
+                              f"record each), more than the {MAX_COPIES:,} a planted store holds; use smaller "
+                              "repetition counts or fewer canaries")
         splice_at: dict[int, tuple[str, int]] = {}
         kinds = store.column("kind")
         if mode == "splice":

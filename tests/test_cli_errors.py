@@ -1,0 +1,69 @@
+"""Bad values are refused at parse time with one line and exit status 2, before any work: seeds,
+counts, rates and fractions out of range or NaN; an oversized plant before it allocates; a
+non-ASCII character named as the user typed it."""
+
+from __future__ import annotations
+
+import pytest
+
+from glmjax import alphabet
+from glmjax.cli import main
+from glmjax.errors import SequenceError
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["data", "synth", "--out", "s.h5", "--num", "5", "--length", "10", "--seed", "-1"], "--seed"),
+    (["data", "synth", "--out", "s.h5", "--num", "5", "--length", "10", "--seed", "1", "--pseudocount", "nan"],
+     "--pseudocount"),
+    (["data", "synth", "--out", "s.h5", "--num", "0", "--length", "10", "--seed", "1"], "--num"),
+    (["data", "canaries", "--out", "c.json", "--num", "2", "--prefix-len", "8", "--secret-len", "6", "--seed", "-3"],
+     "--seed"),
+    (["data", "split", "w.h5", "--member-fraction", "1.5", "--seed", "1"], "--member-fraction"),
+    (["data", "window", "g.fa", "--out", "w.h5", "--length", "-5"], "--length"),
+    (["train", "--family", "llama", "--data", "w.h5", "--out", "r", "--val-fraction", "1.5"], "--val-fraction"),
+    (["train", "--family", "llama", "--data", "w.h5", "--out", "r", "--lr", "-1"], "--lr"),
+    (["train", "--family", "llama", "--data", "w.h5", "--out", "r", "--lr", "nan"], "--lr"),
+    (["train", "--family", "llama", "--data", "w.h5", "--out", "r", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["train", "--family", "llama", "--data", "w.h5", "--out", "r", "--seed", "-1"], "--seed"),
+    (["demo", "--seed", "-1"], "--seed"),
+    (["bench", "--family", "llama", "--shape", "tiny", "--seq-len", "-5"], "--seq-len"),
+    (["bench", "--family", "llama", "--shape", "tiny", "--iters", "0"], "--iters"),
+    (["audit", "--model", "m", "--data", "w.h5", "--out", "r", "--bootstrap", "-1"], "--bootstrap"),
+    (["audit", "--model", "m", "--data", "w.h5", "--out", "r", "--fpr", "0"], "--fpr"),
+    (["audit", "--model", "m", "--data", "w.h5", "--out", "r", "--exact-budget", "nan"], "--exact-budget"),
+])
+def test_bad_values_are_refused_at_parse_time(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"glmjax: error: argument {option}:") and "Traceback" not in "\n".join(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inf_budget_and_zero_counts_stay_allowed():
+    from glmjax.cli import build_parser
+
+    a = build_parser().parse_args(["audit", "--model", "m", "--data", "d", "--out", "o", "--exact-budget", "inf",
+                                   "--exact-k-max", "0", "--neighbours", "0"])
+    assert a.exact_budget == float("inf") and a.exact_k_max == 0 and a.neighbours == 0
+
+
+def test_an_oversized_plant_is_refused_before_allocating(tmp_path, capsys):
+    from importlib import resources
+
+    fa = resources.files("glmjax.resources").joinpath("lambda_phage.fa.gz")
+    w, c = tmp_path / "w.h5", tmp_path / "c.json"
+    assert main(["data", "window", str(fa), "--out", str(w), "--length", "100"]) == 0
+    assert main(["data", "canaries", "--out", str(c), "--num", "4", "--prefix-len", "10", "--secret-len", "12",
+                 "--seed", "1", "--screen", str(w)]) == 0
+    capsys.readouterr()
+    assert main(["data", "plant", str(w), "--canaries", str(c), "--schedule", "10000000", "--out",
+                 str(tmp_path / "p.h5"), "--seed", "1"]) == 2
+    assert "40,000,000 canary copies" in capsys.readouterr().err
+    assert not list(tmp_path.glob("p.h5*"))
+
+
+def test_non_ascii_characters_are_named_as_typed():
+    for seq, shown in (("ACGÄT", "'Ä'"), (b"ACG\xc3\x84T", "'Ä' (UTF-8 bytes 0xc3 0x84)"), ("AC\x01", "byte 0x01")):
+        with pytest.raises(SequenceError, match="position (4|3): " + shown.replace("(", r"\(").replace(")", r"\)")):
+            alphabet.encode(seq)
