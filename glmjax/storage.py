@@ -448,6 +448,12 @@ def open_table(path: str | os.PathLike, schema: str, kind: str = "store") -> h5p
         f.close()
         what = f"a {got}" if got else "not written by glmjax"
         raise StoreError(f"{p} is {what}, not a {schema}")
+    for key in ("schema_version", "committed_rows"):  # a damaged or hand-edited header
+        v = f.attrs.get(key)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < 0:
+            f.close()
+            raise StoreError(f"{p} is damaged: its {key} attribute is {'missing' if v is None else repr(v)}, "
+                             "not a non-negative integer; write the store again")
     return f
 
 

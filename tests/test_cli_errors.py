@@ -67,3 +67,67 @@ def test_non_ascii_characters_are_named_as_typed():
     for seq, shown in (("ACGÄT", "'Ä'"), (b"ACG\xc3\x84T", "'Ä' (UTF-8 bytes 0xc3 0x84)"), ("AC\x01", "byte 0x01")):
         with pytest.raises(SequenceError, match="position (4|3): " + shown.replace("(", r"\(").replace(")", r"\)")):
             alphabet.encode(seq)
+
+
+def test_damaged_headers_are_one_line_errors(tmp_path, capsys):
+    import json
+    import shutil
+    from importlib import resources
+
+    import h5py
+
+    fa = resources.files("glmjax.resources").joinpath("lambda_phage.fa.gz")
+    w = tmp_path / "w.h5"
+    assert main(["data", "window", str(fa), "--out", str(w), "--length", "100"]) == 0
+    for key, value in (("schema_version", "x"), ("committed_rows", None)):
+        bad = tmp_path / f"bad-{key}.h5"
+        shutil.copy(w, bad)
+        with h5py.File(bad, "r+") as f:
+            if value is None:
+                del f.attrs[key]
+            else:
+                f.attrs[key] = value
+        capsys.readouterr()
+        assert main(["data", "info", str(bad)]) == 2
+        assert f"damaged: its {key} attribute" in capsys.readouterr().err
+    c = tmp_path / "c.json"
+    assert main(["data", "canaries", "--out", str(c), "--num", "2", "--prefix-len", "8", "--secret-len", "12",
+                 "--seed", "1"]) == 0
+    m = json.loads(c.read_text())
+    m["schema_version"] = "one"
+    c.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["data", "plant", str(w), "--canaries", str(c), "--schedule", "1", "--out", str(tmp_path / "p.h5"),
+                 "--seed", "1"]) == 2
+    assert "schema_version 'one', not an integer" in capsys.readouterr().err
+
+
+def test_audit_inputs_are_checked_before_anything_is_written(tmp_path, capsys):
+    """An unplanted manifest, or a shadow folder with a pickled inclusion matrix, is refused
+    before any scoring (no report folder is left behind)."""
+    import json
+    from importlib import resources
+
+    import numpy as np
+
+    from glmjax import models
+
+    fa = resources.files("glmjax.resources").joinpath("lambda_phage.fa.gz")
+    w, c = tmp_path / "w.h5", tmp_path / "c.json"
+    assert main(["data", "window", str(fa), "--out", str(w), "--length", "60", "--stride", "600"]) == 0
+    assert main(["data", "split", str(w), "--member-fraction", "0.5", "--seed", "1"]) == 0
+    assert main(["data", "canaries", "--out", str(c), "--num", "2", "--prefix-len", "8", "--secret-len", "12",
+                 "--seed", "1"]) == 0
+    model = tmp_path / "m"
+    models.save(models.build("llama", models.get_family("llama").config_cls.tiny(), seed=0), model)
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["audit", "--model", str(model), "--data", str(w), "--canaries", str(c), "--out", str(out)]) == 2
+    assert "never planted" in capsys.readouterr().err and not out.exists()
+    sh = tmp_path / "shadows"
+    sh.mkdir()
+    (sh / "shadows.json").write_text(json.dumps({"num_models": 1, "row_ids": ["a"]}))
+    np.save(sh / "inclusion.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    assert main(["audit", "--model", str(model), "--data", str(w), "--shadows", str(sh), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable shadow-model folder" in err and "Traceback" not in err and not out.exists()

@@ -155,8 +155,17 @@ def _read_shadows(path: Path, store: SequenceStore) -> tuple[list[Path], np.ndar
     meta_file = path / "shadows.json"
     if not meta_file.exists():
         raise ConfigError(f"{path} is not a shadow-model folder (no shadows.json; make one with glmjax train-shadows)")
-    meta = json.loads(meta_file.read_text())
-    inc = np.load(path / "inclusion.npy")
+    try:
+        meta = json.loads(meta_file.read_text())
+        inc = np.load(path / "inclusion.npy", allow_pickle=False)
+    except (ValueError, OSError, UnicodeDecodeError) as e:  # JSON errors are ValueErrors; a pickled .npy too
+        raise ConfigError(f"{path} is not a readable shadow-model folder ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); train the shadows again") from None
+    if not isinstance(meta, dict) or "row_ids" not in meta or "num_models" not in meta:
+        raise ConfigError(f"{meta_file} lacks row_ids / num_models; train the shadows again")
+    if inc.dtype != bool or inc.ndim != 2 or inc.shape != (int(meta["num_models"]), len(meta["row_ids"])):
+        raise ConfigError(f"{path / 'inclusion.npy'} is not a [{meta['num_models']}, {len(meta['row_ids'])}] "
+                          f"boolean matrix (got {inc.dtype} {list(inc.shape)}); train the shadows again")
     ids = np.asarray(store.ids)
     if list(ids) != list(meta["row_ids"]):
         raise ConfigError(f"the shadow models in {path} were trained on another store than {store.path} "
@@ -204,6 +213,7 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     data = Path(data)
     store = SequenceStore(data)
     manifest = _manifest(canaries)
+    shadow_models = _read_shadows(Path(shadows), store) if shadows is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sdir = out / "scores"
@@ -286,8 +296,8 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
             nb = np.asarray(nss.column("sum_logp")).reshape(len(pick), opts.neighbours)
             nb_scores = (pick, MIA.neighbourhood_score(tcols["sum_logp"][pick], nb))
             laps.lap("neighbourhood")
-        if shadows is not None:
-            dirs, inc = _read_shadows(Path(shadows), store)
+        if shadow_models is not None:
+            dirs, inc = shadow_models
             log(f"scoring with {len(dirs)} shadow models")
             sh = np.stack([np.asarray(_score(_load(d, opts), data, sdir / f"shadow_{i:03d}.h5", opts,
                                              f"scoring (shadow {i + 1}/{len(dirs)})", log)
@@ -463,6 +473,10 @@ def _manifest(canaries: str | Path | dict | None) -> dict | None:
     m["_sha256"] = hashlib.sha256(Path(canaries).read_bytes()).hexdigest()
     if not m.get("canaries"):
         raise StoreError(f"{canaries} lists no canaries")
+    if not m.get("planting"):
+        raise ConfigError(f"{canaries} is a manifest of canaries that were never planted (from `glmjax data "
+                          "canaries`); pass the planted manifest `glmjax data plant` wrote (--manifest-out, by "
+                          "default PLANTED.canaries.json next to the planted store)")
     return m
 
 

@@ -447,7 +447,10 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise InputFileError(f"{p} is not JSON; expected a canary manifest from `glmjax data canaries`") from None
     if not isinstance(m, dict) or m.get("schema") != MANIFEST_SCHEMA:
         raise InputFileError(f"{p} is not a canary manifest (schema {MANIFEST_SCHEMA})")
-    if int(m.get("schema_version", 0)) > MANIFEST_VERSION:
+    version = m.get("schema_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputFileError(f"{p} has schema_version {version!r}, not an integer; is the manifest damaged?")
+    if version > MANIFEST_VERSION:
         raise InputFileError(f"{p} has manifest schema v{m['schema_version']}; this glmjax reads up to "
                              f"v{MANIFEST_VERSION}; upgrade glmjax")
     for e in m.get("canaries", []):
