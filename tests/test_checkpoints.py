@@ -109,6 +109,15 @@ def test_sharded_index_with_missing_shard(golden, tmp_path):
         models.load(d)
 
 
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/outside.safetensors", "a/../../x.safetensors"])
+def test_sharded_index_pointing_outside_the_folder_is_refused(golden, tmp_path, shard):
+    case, d = _golden_copy(golden, tmp_path)
+    (d / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
+    with pytest.raises(CheckpointError, match="outside the checkpoint folder"):
+        models.load(d)
+
+
 def test_torch_bin_is_read_without_running_code(golden, tmp_path):
     torch = pytest.importorskip("torch")
     case, d = _golden_copy(golden, tmp_path)

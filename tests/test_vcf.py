@@ -217,8 +217,12 @@ def bad_inputs(d: Path, ref, recs, fa, vcf):
     plain_gz = d / "plain.fa.gz"
     with gzip.open(plain_gz, "wt") as fh:
         fh.write("".join(f">{c}\n{s}\n" for c, s in ref.items()))
+    plain_vcf = d / "plain-gzip.vcf.gz"
+    with gzip.open(vcf) as src, gzip.open(plain_vcf, "wb") as dst:  # the same records, plain gzip
+        dst.write(src.read())
     base = dict(reference=fa, vcf=vcf, regions=["c1:1-190"])
     cases = [
+        ("plain-gzip-vcf", {**base, "vcf": plain_vcf}, r"plain gzip.*bgzip"),
         ("ref-mismatch", {**base, "vcf": bad_ref},
          rf"record c1:11 \(v0\): REF '{other_ref}' does not match the reference"),
         ("contig-absent", {**base, "regions": ["chr7:1-100"]}, r"contig 'chr7' is absent from the reference"),

@@ -37,8 +37,8 @@ def register_into(data_subparsers: argparse._SubParsersAction) -> None:
                                    description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reference", required=True, metavar="FA", help="reference FASTA (plain or bgzip, "
                    "indexed with samtools faidx)")
-    p.add_argument("--vcf", required=True, metavar="VCF", help="phased VCF/BCF (plain, gzip or bgzip; "
-                   "indexed or not)")
+    p.add_argument("--vcf", required=True, metavar="VCF", help="phased VCF/BCF (uncompressed or bgzip; "
+                   "indexed or not; a plain-gzip file is refused with the bgzip command to convert it)")
     p.add_argument("--region", action="append", default=[], metavar="CONTIG[:START-END]",
                    help="region to import (1-based, inclusive; repeatable)")
     p.add_argument("--regions", default=None, metavar="BED", help="BED file of further regions "

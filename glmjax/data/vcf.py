@@ -376,9 +376,23 @@ class ImportStats:
         return asdict(self)
 
 
+def _is_plain_gzip(path: Path) -> bool:
+    """gzip but not BGZF (the blocked gzip of htslib: FEXTRA with a ``BC`` subfield)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(18)
+    except OSError:
+        return False
+    return len(head) >= 4 and head[:2] == b"\x1f\x8b" and not (head[3] & 4 and head[12:14] == b"BC")
+
+
 def _open_vcf(path: Path):
     import pysam
 
+    if _is_plain_gzip(path):
+        raise InputFileError(f"{path} is compressed with plain gzip, which htslib cannot read; recompress it with "
+                             f"bgzip (`zcat {path} | bgzip > {Path(path).with_suffix('.bgz')}`) or give the "
+                             "uncompressed VCF")
     try:
         with _quiet_htslib():
             return pysam.VariantFile(str(path))

@@ -93,6 +93,9 @@ def read_hf_tensors(path: Path, trust_pickle: bool = False) -> TensorSource:
         except (json.JSONDecodeError, KeyError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
         for fn in files:
+            if not isinstance(fn, str) or Path(fn).is_absolute() or ".." in Path(fn).parts:
+                raise CheckpointError(f"{index} names shard {fn!r} outside the checkpoint folder; refusing to "
+                                      "read it (a shard is a file name inside the folder)")
             if not (path / fn).exists():
                 raise CheckpointError(f"{index} names shard {fn} which is missing from {path}")
             tensors.update(read_safetensors(path / fn))
