@@ -139,7 +139,7 @@ def host_pipeline(model, store: Path, batch_tokens: int | None, rows: int, block
     src = StoreInput(store)
     scorer = Scorer(model, parse_mode(model.objective, "random:1" if model.objective == "masked" else None),
                     make_mesh(1), batch_tokens=batch_tokens)
-    policy = batching.padding_policy(model.objective, model.family, model.spec.architecture_class)
+    policy = batching.padding_policy(model.spec)
     ctx = context_length(model)
     t0 = time.perf_counter()
     tokens = 0

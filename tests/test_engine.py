@@ -98,9 +98,8 @@ def test_bucket_lengths_and_windows():
     np.testing.assert_array_equal(seq, [0, 1, 1, 1, 2])
     np.testing.assert_array_equal(piece, [0, 0, 1, 2, 0])
     np.testing.assert_array_equal(start, [0, 0, 5, 10, 0])
-    assert batching.padding_policy("masked", "caduceus", "state-space") == "exact"
-    assert batching.padding_policy("causal", "hyenadna", "long-convolution") == "right"
-    assert batching.padding_policy("masked", "nt", "masked-transformer") == "right"
+    policies = {name: batching.padding_policy(spec) for name, spec in gm.families().items()}
+    assert policies == {**{n: "right" for n in policies}, "caduceus": "exact"}
 
 
 def test_block_bounds():
@@ -144,7 +143,7 @@ def test_scores_do_not_depend_on_batch_bucket_or_size(family):
     tok = model.tokenizer
     mode = parse_mode(model.objective, "random:3:0.3" if family == "nt" else "strided:2", seed=1) \
         if model.objective == "masked" else parse_mode("causal")
-    policy = batching.padding_policy(model.objective, family, model.spec.architecture_class)
+    policy = batching.padding_policy(model.spec)
     scorer = Scorer(model, mode, sharding.make_mesh(1), per_token=True, batch_tokens=4096)
     rng = np.random.default_rng(11)
     target = rng.integers(0, 4, 30).astype(np.uint8)

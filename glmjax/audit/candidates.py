@@ -548,7 +548,7 @@ def masked_candidate_pll_many(model: Any, prefixes: Sequence[str | np.ndarray], 
     idx = np.arange(4 ** k, dtype=np.int64) if candidates is None else np.asarray(candidates, np.int64)
     n = int(idx.shape[0])
     # families with an attention mask take right-padded rows, so every layout shares one shape
-    pad_rows = padding_policy(model.objective, model.family, model.spec.architecture_class) == "right"
+    pad_rows = padding_policy(model.spec) == "right"
     fn = _pll_rows_fn(model)
     params = model.state
     out = np.zeros(len(codes) * n, np.float64)

@@ -28,15 +28,11 @@ import numpy as np
 
 from glmjax.tokenizers import BPETokenizer, CharTokenizer, Encoded, KmerTokenizer, Tokenizer
 
-# Families that take no attention mask (they treat pads as input, like their references).
-MASKLESS_CLASSES = ("long-convolution", "state-space")
-MASKLESS_FAMILIES = ("hyenadna", "caduceus", "mamba")
 
-
-def padding_policy(objective: str, family: str = "", architecture_class: str = "") -> str:
-    """``"right"`` or ``"exact"`` (see the module docstring)."""
-    maskless = architecture_class in MASKLESS_CLASSES or family in MASKLESS_FAMILIES
-    return "exact" if (objective == "masked" and maskless) else "right"
+def padding_policy(spec) -> str:
+    """``"right"`` or ``"exact"`` for a family (its :class:`~glmjax.models.base.FamilySpec`;
+    see the module docstring): exact-length batches only for a masked LM without an attention mask."""
+    return "exact" if (spec.objective == "masked" and not spec.attention_mask) else "right"
 
 
 def bucket_length(n: int, max_len: int | None = None, min_len: int = 16) -> int:

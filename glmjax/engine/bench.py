@@ -105,7 +105,7 @@ def synthetic_batch(scorer: Scorer, seq_len: int, seed: int = 0, rows: int | Non
     rng = np.random.default_rng(seed)
     probe = batching.tokenize_block(tok, rng.integers(0, 4, seq_len).astype(np.uint8), np.array([0, seq_len]))
     ctx = scorer.model.config.max_len
-    policy = batching.padding_policy(scorer.model.objective, scorer.model.family, scorer.model.spec.architecture_class)
+    policy = batching.padding_policy(scorer.model.spec)
     n_tok = int(probe.lengths[0])
     if n_tok > ctx:
         from glmjax.errors import ConfigError

@@ -545,7 +545,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         mesh = sharding.make_mesh(devices)
         need_tokens = per_token or window is not None
         scorer = Scorer(model, mode, mesh, per_token=need_tokens, batch_tokens=batch_tokens, chunk=chunk)
-        policy = batching.padding_policy(model.objective, model.family, model.spec.architecture_class)
+        policy = batching.padding_policy(model.spec)
         mprov = model_provenance(model)
         prov = {"model": mprov, "input": source.provenance(), "seed": int(seed),
                 "scoring": {"mode": mode.name, "params": mode.param_dict, "window": window, "padding": policy,

@@ -91,6 +91,9 @@ class FamilySpec:
       architecture_class: the audit's class: ``masked-transformer``, ``long-convolution``,
         ``state-space``, ``causal-transformer``.
       lora_targets: name patterns of the linear layers LoRA adapts by default.
+      attention_mask: the module honours ``attention_mask`` (pads never influence other
+        positions). False for the families that treat pads as input like their references
+        (Hyena, Mamba, Caduceus, Evo): a bidirectional one is then scored without any padding.
       detect_dir / load_dir: for checkpoint folders that are not HF snapshots (e.g. the official
         NT JAX checkpoint): ``detect_dir(path) -> bool`` and
         ``load_dir(path, trust_pickle) -> (config, flat NNX params)``.
@@ -115,6 +118,7 @@ class FamilySpec:
     description: str = ""
     architecture_class: str = ""
     lora_targets: tuple[str, ...] = ()
+    attention_mask: bool = True
     detect_dir: Callable[[Path], bool] | None = None
     load_dir: Callable[[Path, bool], tuple[Any, dict]] | None = None
     config_dir: Callable[[Path], Any] | None = None

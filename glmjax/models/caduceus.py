@@ -411,6 +411,7 @@ def convert_hf(src: TensorSource, cfg: CaduceusConfig) -> dict[tuple, np.ndarray
 
 
 SPEC = FamilySpec(
+    attention_mask=False,
     name="caduceus",
     objective="masked",
     config_cls=CaduceusConfig,

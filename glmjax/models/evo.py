@@ -1109,6 +1109,7 @@ def load_dir_evo2(path: Path, trust_pickle: bool = False) -> tuple[Evo2Config, d
 _LORA = ("projections", "out_filter_dense", "Wqkv", "out_proj", "l1", "l2", "l3")
 
 EVO1_SPEC = FamilySpec(
+    attention_mask=False,
     name="evo1",
     objective="causal",
     config_cls=Evo1Config,
@@ -1123,6 +1124,7 @@ EVO1_SPEC = FamilySpec(
 )
 
 EVO2_SPEC = FamilySpec(
+    attention_mask=False,
     name="evo2",
     objective="causal",
     config_cls=Evo2Config,

@@ -646,6 +646,7 @@ def _check_buffer(src: TensorSource, key: str, ref: np.ndarray, shape: tuple[int
 
 
 SPEC = FamilySpec(
+    attention_mask=False,
     name="hyenadna",
     objective="causal",
     config_cls=HyenaConfig,

@@ -545,6 +545,7 @@ def convert_hf(src: TensorSource, cfg: MambaConfig) -> dict[tuple, np.ndarray]:
 
 
 SPEC = FamilySpec(
+    attention_mask=False,
     name="mamba",
     objective="causal",
     config_cls=MambaConfig,
