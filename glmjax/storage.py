@@ -73,14 +73,14 @@ def check_io(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
 
 def is_own_output(path: str | os.PathLike) -> bool:
     """True if ``path`` is something glmjax wrote: an HDF5 store or JSON file whose ``schema``
-    starts with ``glmjax.``, a ``.partial`` of one, or a folder holding one of
-    :data:`OWN_FOLDER_MARKERS` (or only ``.partial`` leftovers)."""
+    starts with ``glmjax.``, a ``.partial`` of one, a folder holding one of
+    :data:`OWN_FOLDER_MARKERS` (or only ``.partial`` leftovers), or an empty folder."""
     p = Path(path)
     if p.is_symlink():
         return False
-    if p.is_dir():
+    if p.is_dir():  # an empty folder holds nothing to lose
         names = {q.name for q in p.iterdir()}
-        return bool(names & set(OWN_FOLDER_MARKERS)) or (bool(names) and all(n.endswith(".partial") for n in names))
+        return not names or bool(names & set(OWN_FOLDER_MARKERS)) or all(n.endswith(".partial") for n in names)
     if not p.is_file():
         return False
     with p.open("rb") as fh:

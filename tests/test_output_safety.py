@@ -155,3 +155,13 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     lock.lock.write_text(json.dumps({"pid": os.getppid(), "host": lock.host}))
     with pytest.raises(Exception, match=f"being written by pid {os.getppid()}"):
         OutputLock(out).acquire()
+
+
+def test_an_empty_output_folder_is_accepted(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert is_own_output(empty)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("x")
+    assert not is_own_output(notes)
