@@ -185,6 +185,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _hdf5_reason(e: BaseException) -> str:
+    """The cause of an HDF5 write failure in a few words (its message spans lines)."""
+    text = str(e)
+    if "errno = 28" in text or "No space left" in text:
+        return "no space left on the device"
+    if "Read-only" in text or "errno = 30" in text:
+        return "the file system is read-only"
+    return text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name a store is written under until it is finalized."""
     p = Path(path)
@@ -335,6 +345,27 @@ class TableWriter:
         n = lengths.pop()
         if n == 0:
             return
+        self._ensure_space(columns, ragged)
+        try:
+            self._append(columns, ragged, n, commit)
+        except (OSError, RuntimeError) as e:  # HDF5 reports a failed write (full disk, I/O error) so
+            raise StoreError(f"writing {self.path} failed: {_hdf5_reason(e)}") from None
+
+    def _ensure_space(self, columns: Mapping[str, Any], ragged: Mapping[str, Sequence[np.ndarray]]) -> None:
+        """Refuse a batch the file system has no room for, before HDF5 writes (and fails) midway:
+        the uncompressed size of the batch plus 256 kB must be free."""
+        import shutil
+
+        need = sum(np.asarray(v).nbytes if _np_dtype(self.columns[k][0]) is not STR else
+                   sum(len(str(x)) for x in v) for k, v in columns.items())
+        need += sum(int(np.asarray(a).nbytes) for parts in ragged.values() for a in parts)
+        free = shutil.disk_usage(self.tmp.parent).free
+        if free < need + (1 << 18):
+            raise StoreError(f"not enough space to write {self.path}: the next rows need about "
+                             f"{(need + (1 << 18)) / 1e6:,.1f} MB, {free / 1e6:,.1f} MB are free on "
+                             f"{self.tmp.parent}; free some space or write elsewhere")
+
+    def _append(self, columns, ragged, n: int, commit: bool) -> None:
         start = int(self.f["rows"][next(iter(self.columns))].shape[0]) if self.columns else self.rows
         for name in self.columns:
             ds = self.f["rows"][name]

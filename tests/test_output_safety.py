@@ -165,3 +165,37 @@ def test_an_empty_output_folder_is_accepted(tmp_path):
     notes.mkdir()
     (notes / "a.txt").write_text("x")
     assert not is_own_output(notes)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MB tmpfs and a read-only one (root only; skipped with the reason elsewhere)."""
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    full.mkdir()
+    ro.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = []
+    try:
+        for d, opts in ((full, "size=2m"), (ro, "size=1m,ro")):
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+            mounted.append(d)
+        yield full, ro
+    finally:
+        for d in mounted:
+            subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_full_and_read_only_locations_are_one_line_errors(small_tmpfs, capsys):
+    full, ro = small_tmpfs
+    synth = ["data", "synth", "--num", "100000", "--length", "1000", "--seed", "1"]
+    assert main([*synth, "--out", str(full / "big.h5")]) == 2
+    err = _err(capsys)
+    assert "not enough space to write" in err and len(err.strip().splitlines()) == 1
+    assert list(full.iterdir()) == []  # no partial file, no lock left behind
+    assert main(["data", "synth", "--num", "100", "--length", "100", "--seed", "1", "--out", str(full / "s.h5")]) == 0
+    assert SequenceStore(full / "s.h5").n == 100
+    assert main([*synth, "--out", str(ro / "x.h5")]) == 2
+    assert "Read-only file system" in _err(capsys) and list(ro.iterdir()) == []
