@@ -142,3 +142,30 @@ def test_presets_command(capsys):
     assert out[0].split()[:3] == ["preset", "parameters", "context"] and out[-1].startswith("large-1m")
     assert main(["models", "presets", "nope"]) == 2
     assert "unknown model family 'nope'" in capsys.readouterr().err
+
+
+def test_info_verifies_tensors_from_the_headers(golden, tmp_path, capsys):
+    """`models info` checks the safetensors headers against the configuration: a deleted or
+    mis-shaped tensor exits 2 naming it; a configuration-only folder says it has no weights."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    case = golden("nt_v1")
+    d = tmp_path / "ckpt"
+    shutil.copytree(case.dir, d)
+    info = _info(capsys, d)
+    assert info["weights"].startswith("safetensors") and "match the configuration" in info["weights"]
+    tensors = load_file(str(d / "model.safetensors"))
+    name = "esm.encoder.layer.0.attention.self.query.weight"
+    for mutate, message in ((lambda t: t.pop(name), f"missing tensor '{name}'"),
+                            (lambda t: t.__setitem__(name, t[name][:, :-1].copy()), name)):
+        bad = dict(tensors)
+        mutate(bad)
+        save_file(bad, str(d / "model.safetensors"))
+        capsys.readouterr()
+        assert main(["models", "info", str(d)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    (d / "model.safetensors").unlink()
+    assert _info(capsys, d)["weights"] == "none (configuration only)"

@@ -102,13 +102,18 @@ def describe(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: the {spec.name} family cannot describe this folder without loading "
                               f"its weights; convert it with `glmjax models convert {path} --out DIR` first")
     tok = spec.tokenizer(cfg, path)
+    n_params = count_params(spec, cfg)
+    native = spec.load_dir is not None and spec.detect_dir is not None and spec.detect_dir(path)
+    weights = verify_weights(spec, cfg, path, n_params) if fmt == "huggingface" and not native else \
+        ("orbax state (read when loaded)" if fmt == "glmjax" else "native checkpoint (checked when loaded)")
     return {
         "path": str(path.resolve()),
         "family": spec.name,
         "description": spec.description,
         "objective": spec.objective,
         "architecture_class": spec.architecture_class,
-        "parameters": count_params(spec, cfg),
+        "parameters": n_params,
+        "weights": weights,
         "context_length": int(cfg.max_len),
         "vocab_size": int(cfg.vocab_size),
         "tokenizer": tok.name,
@@ -118,6 +123,31 @@ def describe(path: str | Path) -> dict:
         "notes": spec.notes(cfg) if spec.notes is not None else [],
         "config": cfg.to_dict(),
     }
+
+
+VERIFY_MAX_PARAMS = 2_000_000_000  # beyond this a converter's copies could need too much memory
+
+
+def verify_weights(spec, cfg, path: Path, n_params: int) -> str:
+    """Check an HF snapshot's tensors against the configuration from the safetensors headers
+    alone (names and shapes, through the family's converter on zero-memory placeholders); raises
+    :class:`CheckpointError` naming the first missing, unexpected or mis-shaped tensor."""
+    from flax import nnx
+
+    from glmjax.models.checkpoints import check_params, param_paths, safetensors_headers
+
+    hdr = safetensors_headers(path)
+    if hdr is None:
+        if (path / "pytorch_model.bin").exists():
+            return "pytorch_model.bin (checked when loaded)"
+        return "none (configuration only)"
+    src, n = hdr
+    if n_params > VERIFY_MAX_PARAMS or spec.convert_hf is None:
+        return f"safetensors, {n} tensors (checked when loaded)"
+    flat = spec.convert_hf(src, cfg)
+    abstract = nnx.eval_shape(lambda: spec.build(cfg, nnx.Rngs(0)))
+    check_params(param_paths(abstract), flat, src.origin)
+    return f"safetensors, {n} tensors: names and shapes match the configuration (headers only)"
 
 
 def _human_count(n: int) -> str:
@@ -134,6 +164,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     rows = [("family", f"{info['family']} - {info['description']}"), ("objective", info["objective"]),
             ("architecture class", info["architecture_class"]), ("parameters", _human_count(info["parameters"])),
+            ("weights", info["weights"]),
             ("context length", f"{info['context_length']} tokens"),
             ("vocab size", str(info["vocab_size"])),
             ("tokenizer", f"{info['tokenizer']} ({info['tokenizer_vocab_size']} ids)"),

@@ -43,10 +43,12 @@ class TensorSource:
     that were never used (except those matching ``ignore`` patterns).
     """
 
-    def __init__(self, tensors: dict[str, np.ndarray], origin: str = "checkpoint"):
+    def __init__(self, tensors: dict[str, np.ndarray], origin: str = "checkpoint", shapes_only: bool = False):
         self.tensors = tensors
         self.origin = origin
         self.used: set[str] = set()
+        # placeholders of the right shapes (headers only): converters skip checks of the values
+        self.shapes_only = shapes_only
 
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
@@ -81,31 +83,81 @@ class TensorSource:
 def read_hf_tensors(path: Path, trust_pickle: bool = False) -> TensorSource:
     """Read every tensor of an HF snapshot folder (safetensors preferred) as numpy float32/int."""
     path = Path(path)
-    single = path / "model.safetensors"
-    index = path / "model.safetensors.index.json"
     tensors: dict[str, np.ndarray] = {}
-    if single.exists():
-        tensors = read_safetensors(single)
-        origin = str(single)
-    elif index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
-        for fn in files:
-            if not isinstance(fn, str) or Path(fn).is_absolute() or ".." in Path(fn).parts:
-                raise CheckpointError(f"{index} names shard {fn!r} outside the checkpoint folder; refusing to "
-                                      "read it (a shard is a file name inside the folder)")
-            if not (path / fn).exists():
-                raise CheckpointError(f"{index} names shard {fn} which is missing from {path}")
-            tensors.update(read_safetensors(path / fn))
-        origin = str(index)
+    found = _safetensors_files(path)
+    if found is not None:
+        files, origin = found
+        for f in files:
+            tensors.update(read_safetensors(f))
     elif (path / "pytorch_model.bin").exists():
         tensors = read_torch_state([path / "pytorch_model.bin"])
         origin = str(path / "pytorch_model.bin")
     else:
         raise CheckpointError(f"{path} has no model.safetensors, safetensors index or pytorch_model.bin")
     return TensorSource(tensors, origin)
+
+
+def _safetensors_files(path: Path) -> tuple[list[Path], str] | None:
+    """The safetensors files of an HF snapshot folder (single file or index), or None."""
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.exists():
+        return [single], str(single)
+    if not index.exists():
+        return None
+    try:
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+    for fn in files:
+        if not isinstance(fn, str) or Path(fn).is_absolute() or ".." in Path(fn).parts:
+            raise CheckpointError(f"{index} names shard {fn!r} outside the checkpoint folder; refusing to "
+                                  "read it (a shard is a file name inside the folder)")
+        if not (path / fn).exists():
+            raise CheckpointError(f"{index} names shard {fn} which is missing from {path}")
+    return [path / fn for fn in files], str(index)
+
+
+def safetensors_headers(path: Path) -> tuple[TensorSource, int] | None:
+    """The tensors of an HF snapshot's safetensors files as zero-memory placeholders of their
+    shapes (read from the headers only), and their count; None when the folder has none."""
+    from safetensors import SafetensorError, safe_open
+
+    found = _safetensors_files(Path(path))
+    if found is None:
+        return None
+    files, origin = found
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                for k in st.keys():
+                    shapes[k] = tuple(int(d) for d in st.get_slice(k).get_shape())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{f} is not a readable safetensors file ({e})") from None
+    zero = np.zeros(1, np.float32)
+    fake = {k: np.lib.stride_tricks.as_strided(zero, shape=s, strides=(0,) * len(s), writeable=False)
+            for k, s in shapes.items()}
+    return TensorSource(fake, origin, shapes_only=True), len(shapes)
+
+
+def check_params(expected: dict[tuple, tuple[int, ...]], flat: dict[tuple, Any], origin: str) -> None:
+    """Raise :class:`CheckpointError` naming the first converted parameter that the model lacks,
+    the first model parameter without a value, or the first shape mismatch."""
+    norm = {tuple(str(p) for p in k): k for k in expected}
+    given = {tuple(str(p) for p in k): v for k, v in flat.items()}
+    unknown = sorted(set(given) - set(norm))
+    if unknown:
+        raise CheckpointError(f"{origin}: converted parameter(s) {', '.join('.'.join(u) for u in unknown[:5])} "
+                              "do not exist in the model")
+    missing = sorted(set(norm) - set(given))
+    if missing:
+        raise CheckpointError(f"{origin}: no value for model parameter(s) "
+                              f"{', '.join('.'.join(m) for m in missing[:5])}")
+    for key, arr in given.items():
+        if tuple(np.shape(arr)) != expected[norm[key]]:
+            raise CheckpointError(f"{origin}: parameter {'.'.join(key)} has shape {tuple(np.shape(arr))}, "
+                                  f"the model expects {expected[norm[key]]}")
 
 
 def read_safetensors(file: Path) -> dict[str, np.ndarray]:
@@ -244,22 +296,12 @@ def fill_module(module: nnx.Module, flat: dict[tuple, np.ndarray], origin: str =
     unfilled, unknown or mis-shaped parameters.
     """
     expected = param_paths(module)
+    check_params(expected, flat, origin)
     norm = {tuple(str(p) for p in k): k for k in expected}
     given = {tuple(str(p) for p in k): v for k, v in flat.items()}
-    unknown = sorted(set(given) - set(norm))
-    if unknown:
-        raise CheckpointError(f"{origin}: converted parameter(s) {', '.join('.'.join(u) for u in unknown[:5])} "
-                              "do not exist in the model")
-    missing = sorted(set(norm) - set(given))
-    if missing:
-        raise CheckpointError(f"{origin}: no value for model parameter(s) "
-                              f"{', '.join('.'.join(m) for m in missing[:5])}")
     state = nnx.state(module, nnx.Param)
     for key, arr in given.items():
         path = norm[key]
-        if tuple(np.shape(arr)) != expected[path]:
-            raise CheckpointError(f"{origin}: parameter {'.'.join(key)} has shape {tuple(np.shape(arr))}, "
-                                  f"the model expects {expected[path]}")
         node = state
         for p in path[:-1]:
             node = node[p]

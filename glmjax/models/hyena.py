@@ -640,6 +640,8 @@ def _check_buffer(src: TensorSource, key: str, ref: np.ndarray, shape: tuple[int
     if key not in src:
         return  # non-persistent in some exports; the formula is what the reference computes
     got = src.take(key, shape)
+    if src.shapes_only:
+        return
     if not np.allclose(got, ref, rtol=1e-5, atol=1e-6):
         raise CheckpointError(f"{src.origin}: {key} differs from the HyenaDNA formula "
                               f"(max |diff| {float(np.abs(got - ref).max()):.3g}); unsupported filter variant")
