@@ -199,3 +199,17 @@ def test_full_and_read_only_locations_are_one_line_errors(small_tmpfs, capsys):
     assert SequenceStore(full / "s.h5").n == 100
     assert main([*synth, "--out", str(ro / "x.h5")]) == 2
     assert "Read-only file system" in _err(capsys) and list(ro.iterdir()) == []
+
+
+def test_json_outputs_replace_only_their_own(tmp_path, capsys):
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"lab": "notes"}')
+    argv = ["data", "canaries", "--num", "2", "--prefix-len", "8", "--secret-len", "6", "--seed", "1"]
+    assert main([*argv, "--out", str(mine)]) == 2
+    assert "glmjax did not write it" in _err(capsys) and mine.read_text() == '{"lab": "notes"}'
+    out = tmp_path / "c.json"
+    assert main([*argv, "--out", str(out)]) == 0 and main([*argv, "--out", str(out)]) == 0  # its own: replaced
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    assert main([*argv, "--out", str(folder)]) == 2
+    assert "is a folder" in _err(capsys) and sorted(p.name for p in tmp_path.iterdir()) == ["adir", "c.json", "mine.json"]

@@ -50,6 +50,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     p = Path(path)
     if not p.parent.exists():
         raise InputFileError(f"output folder {p.parent} does not exist; create it first")
+    if p.is_dir():
+        raise InputFileError(f"{p} is a folder; give a file name")
+    from glmjax.storage import is_own_output
+
+    if p.exists() and not is_own_output(p):
+        raise InputFileError(f"{p} exists and glmjax did not write it; choose another output or remove it yourself")
     tmp = p.with_name(p.name + ".partial")
     try:
         with open(tmp, "wb") as fh:
