@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"glmjax: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    except Exception as e:  # an accelerator out of memory is the user's batch size, not a crash
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print("glmjax: error: the device ran out of memory; lower --batch-tokens (or score with fewer "
+              "per-token outputs)", file=sys.stderr)
+        return 2
     finally:
         set_command_line(None)
     return int(rc or 0)

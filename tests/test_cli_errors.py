@@ -131,3 +131,21 @@ def test_audit_inputs_are_checked_before_anything_is_written(tmp_path, capsys):
     assert main(["audit", "--model", str(model), "--data", str(w), "--shadows", str(sh), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "not a readable shadow-model folder" in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_compiling(monkeypatch):
+    from glmjax import models
+    from glmjax.engine import runner
+    from glmjax.errors import ConfigError
+
+    model = models.build("llama", models.get_family("llama").config_cls.tiny(), seed=0)
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda device=None: 1 << 30)  # a 1 GiB device
+    import re
+
+    runner.check_batch_memory(model, 4096)
+    with pytest.raises(ConfigError, match=r"--batch-tokens 100,000,000 needs about .* use --batch-tokens \d+") as e:
+        runner.check_batch_memory(model, 100_000_000)
+    hint = int(re.search(r"use --batch-tokens (\d+)", str(e.value)).group(1))
+    runner.check_batch_memory(model, hint)  # the size it suggests fits
+    # 16-way logits: 3 x 4 x 16 bytes per token + the parameters
+    assert hint * 3 * 4 * 16 + 4 * model.num_params() <= (1 << 30)

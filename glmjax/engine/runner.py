@@ -142,6 +142,42 @@ def default_batch_tokens() -> int:
     return 4096 if jax.default_backend() == "cpu" else 65536
 
 
+def device_memory_bytes(device=None) -> int | None:
+    """Memory one device can allocate: the accelerator's limit, or the host's RAM on CPU."""
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_batch_memory(model, batch_tokens: int, device=None) -> None:
+    """Refuse a batch whose float32 logits alone (three ``[tokens, vocab]`` buffers: logits,
+    their exponentials, the log-probabilities) with the parameters exceed a device's memory,
+    before anything is compiled; the message names a ``--batch-tokens`` that fits."""
+    limit = device_memory_bytes(device)
+    if not limit:
+        return
+    vocab = int(model.config.vocab_size)
+    params = 4 * int(model.num_params())
+    per_token = 3 * 4 * vocab
+    need = params + batch_tokens * per_token
+    if need > limit:
+        fits = max(0, (int(limit * 0.8) - params) // per_token)
+        hint = f"use --batch-tokens {fits // 8 * 8 or 8}" if fits >= 8 else "the parameters alone do not fit"
+        raise ConfigError(f"--batch-tokens {batch_tokens:,} needs about {need / 2**30:,.1f} GiB per device "
+                          f"({vocab:,}-way float32 logits of every token + the parameters), more than the "
+                          f"{limit / 2**30:,.1f} GiB it has; {hint}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Compiled scoring of one batch
 
@@ -179,6 +215,7 @@ class Scorer:
         self.mesh = mesh
         self.per_token = per_token
         self.batch_tokens = int(batch_tokens or default_batch_tokens())
+        check_batch_memory(model, self.batch_tokens)
         self.num_devices = sharding.num_devices(mesh)
         graphdef, state = nnx.split(model.module)
         self.state = sharding.replicate(state, mesh)
