@@ -160,15 +160,15 @@ def device_memory_bytes(device=None) -> int | None:
 
 
 def check_batch_memory(model, batch_tokens: int, device=None) -> None:
-    """Refuse a batch whose float32 logits alone (three ``[tokens, vocab]`` buffers: logits,
-    their exponentials, the log-probabilities) with the parameters exceed a device's memory,
-    before anything is compiled; the message names a ``--batch-tokens`` that fits."""
+    """Refuse a batch whose float32 logits alone (one ``[tokens, vocab]`` buffer: a lower bound
+    of what a forward pass holds) with the parameters exceed a device's memory, before anything
+    is compiled; the message names a ``--batch-tokens`` that fits."""
     limit = device_memory_bytes(device)
     if not limit:
         return
     vocab = int(model.config.vocab_size)
     params = 4 * int(model.num_params())
-    per_token = 3 * 4 * vocab
+    per_token = 4 * vocab
     need = params + batch_tokens * per_token
     if need > limit:
         fits = max(0, (int(limit * 0.8) - params) // per_token)
