@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from glmjax.kernels.logprob import TokenStats, token_stats
 
 Forward = Callable[[jax.Array, jax.Array], jax.Array]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+
 from glmjax.kernels.logprob import SIGMA_FLOOR
 
 MINK_PERCENTS = (5, 10, 20, 30, 40, 50)

@@ -57,10 +57,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_common import bytes_accessed, emit_json, jax_copy_bandwidth, timed  # noqa: E402
 from flax import nnx  # noqa: E402
-from glmjax.kernels import selective_scan as ss  # noqa: E402
 
 import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
 import glmjax.models as gm  # noqa: E402
+from glmjax.kernels import selective_scan as ss  # noqa: E402
 from glmjax.models.caduceus import CaduceusConfig  # noqa: E402
 from glmjax.models.mamba import MambaConfig  # noqa: E402
 

@@ -44,8 +44,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_common import emit_json  # noqa: E402
-from glmjax.kernels import gemm_gelu  # noqa: E402
 
+from glmjax.kernels import gemm_gelu  # noqa: E402
 from glmjax.models.layers import gelu_erf  # noqa: E402
 
 

@@ -5,6 +5,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from glmjax.kernels.alibi import alibi_bias, alibi_slopes
 from glmjax.kernels.attention import attention
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from glmjax.kernels import trie
 from trie_reference import CAUSAL_FAMILIES, K, causal_case
 
 import glmjax.models
@@ -13,6 +12,7 @@ from glmjax import alphabet
 from glmjax.audit import candidates as en
 from glmjax.audit.decoding import codes_to_index, index_to_codes
 from glmjax.errors import ConfigError
+from glmjax.kernels import trie
 from glmjax.tokenizers import caduceus_char_tokenizer, nt_kmer_tokenizer
 
 

@@ -7,7 +7,6 @@ import h5py
 import jax
 import numpy as np
 import pytest
-from glmjax.kernels.reductions import sequence_reductions
 from test_logprob_kernels import ref_position, ref_sequence
 
 import glmjax.models as gm
@@ -17,6 +16,7 @@ from glmjax.engine import batching, runner, sharding
 from glmjax.engine.runner import Scorer, parse_mode, score, target_mask
 from glmjax.engine.scorestore import MINK_PERCENTS, ROW_COLUMNS, ScoreStore, merge_scores
 from glmjax.errors import ConfigError, GlmjaxError, SequenceError, StoreError
+from glmjax.kernels.reductions import sequence_reductions
 from glmjax.storage import partial_path
 from glmjax.tokenizers import (
     causal_char_tokenizer,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from glmjax.kernels import fftconv as fftconv_mod
 from glmjax.kernels.fftconv import causal_conv_step, fft_length
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.special
 from conftest import rel_err
+
 from glmjax.kernels import gemm_gelu as gg
 
 HOPPER = gg.supported((256, 640), (640, 256), jnp.bfloat16)

@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from glmjax.kernels.logprob import SIGMA_FLOOR, causal_token_stats, token_stats
 from glmjax.kernels.reductions import MINK_PERCENTS, sequence_reductions
 

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_logprob_kernels import ref_position
+
 from glmjax.kernels.logprob import STAT_NAMES
 from glmjax.kernels.pll import (
     mask_hash,
@@ -16,7 +18,6 @@ from glmjax.kernels.pll import (
     random_patterns,
     strided_patterns,
 )
-from test_logprob_kernels import ref_position
 
 V, D, MASK = 9, 6, 1
 _rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from glmjax.kernels import selective_scan as ss
 from glmjax.kernels.selective_scan import default_chunk_size, selective_scan
 
