@@ -171,15 +171,53 @@ def run_demo(out: str | Path = "glmjax-demo", families: tuple[str, ...] = ("llam
             + ", ".join(f"{k}x {v:.1f}" for k, v in by_rep.items()) + f" bits ({res.seconds:.0f} s)")
 
     log("4/4 report")
-    primary = next(iter(trained))
-    for ext in ("json", "html"):
-        shutil.copyfile(out / "audits" / primary / f"report.{ext}", out / f"report.{ext}")
-    summary["primary"] = primary
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
     worst = max(summary["models"].items(), key=lambda kv: kv[1]["risk"])
     summary["headline"] = {"model": worst[0], "risk": worst[1]["risk"], "band": worst[1]["band"]}
+    # report.json is the headline model's; report.html is the index of every audited model
+    shutil.copyfile(out / "audits" / worst[0] / "report.json", out / "report.json")
+    summary["primary"] = worst[0]
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "report.html").write_text(render_index(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def render_index(summary: dict) -> str:
+    """The demo's top page: every audited model side by side (risk, vectors, mean exposure by
+    repetition), the headline model named, each row linking to that model's full report."""
+    import html
+
+    from glmjax.audit.report import _BAND_COLOURS, _CSS, _table
+
+    head = summary["headline"]
+    reps = [str(r) for r in (0, *summary["schedule"])]
+    rows = []
+    for name, m in sorted(summary["models"].items(), key=lambda kv: -kv[1]["risk"]):
+        v = m["vectors"]
+        exp = m["exposure_by_repetition"]
+        rows.append([f"<a href='{html.escape(m['report'])}'>{html.escape(name)}</a>"
+                     + (" <b>(headline)</b>" if name == head["model"] else ""),
+                     f"{m['risk']:.3f}", html.escape(m["band"]), html.escape(m["worst_vector"]),
+                     *[f"{v[k]:.3f}" if k in v else "–" for k in ("detection", "extraction", "mia")],
+                     *[f"{exp[r]:.1f}" if r in exp else "–" for r in reps]])
+    table = _table(["model", "risk", "band", "set by", "detection", "extraction", "MIA",
+                    *[f"exposure {r}x" if r != "0" else "exposure, controls" for r in reps]], rows)
+    return "".join([
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>glmjax demo — {len(summary['models'])} models audited</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>glmjax demo: {len(summary['models'])} models audited</h1>",
+        f"<div class='headline' style='background:{_BAND_COLOURS[head['band']]}'>worst-case memorization risk "
+        f"{head['risk']:.3f} — {html.escape(head['band'].upper())}, for <b>{html.escape(head['model'])}</b></div>",
+        "<p>Each model was fine-tuned on the same cohort with canaries planted at the repetition counts "
+        "below and audited with every vector; the risk of a model is the worst of its vectors. Exposure is "
+        "the mean over its canaries in bits (the controls were never planted: their exposure is chance). "
+        "Follow a model's name for its full report.</p>",
+        table,
+        f"<p class='muted'>seed {summary['seed']}{' · quick profile' if summary['quick'] else ''} · "
+        f"{summary['seconds']:.0f} s · report.json is the headline model's report</p>",
+        "</body></html>"])
 
 
 def _exposure_by_repetition(report: dict) -> dict[str, float]:

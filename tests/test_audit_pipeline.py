@@ -229,6 +229,17 @@ def test_demo_runs_end_to_end_on_bundled_genomes(tmp_path, monkeypatch):
     rep = json.loads((out / "audits" / "llama-full" / "report.json").read_text())
     assert "reference" in rep["mia"]["attacks"]  # the public-data base model is the reference
     assert sorted(s["models"]["llama-full"]["exposure_by_repetition"]) == ["0", "1", "16", "4", "64"]
+    # the top page is an index of every model naming the headline one; report.json is the headline's
+    index = (out / "report.html").read_text()
+    for m in s["models"].values():
+        assert f"href='{m['report']}'" in index and (out / m["report"]).exists()
+        assert f"{m['risk']:.3f}" in index
+    assert f"for <b>{s['headline']['model']}</b>" in index and "(headline)" in index
+    top = json.loads((out / "report.json").read_text())
+    assert top["risk"]["worst_case"] == s["headline"]["risk"] == max(m["risk"] for m in s["models"].values())
+    # every model's own report names its model
+    assert "model <b>" in (out / "audits" / "llama-lora" / "report.html").read_text()
+    assert "llama-lora" in (out / "audits" / "llama-lora" / "report.html").read_text()
 
 
 def test_demo_family_alias_evo(monkeypatch, capsys):

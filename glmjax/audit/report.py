@@ -508,6 +508,12 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) ->
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _model_name(report: dict) -> str:
+    """The audited model as the report names it: its folder (or Hub id), else its family."""
+    model = (report.get("config") or {}).get("model") or ((report.get("provenance") or {}).get("model") or {}).get("source")
+    return str(model) if model else "(not recorded)"
+
+
 def render_html(report: dict) -> str:
     """One self-contained HTML page (no external resources) from a report dict."""
     risk = report["risk"]
@@ -518,9 +524,11 @@ def render_html(report: dict) -> str:
         f"<title>glmjax memorization audit — {html.escape(risk['band'])} risk</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Memorization and privacy audit</h1>",
-        f"<div class='muted'>glmjax {html.escape(report['provenance']['glmjax_version'])} · "
-        f"{html.escape(report['created'])} · scoring mode <b>{html.escape(report['scoring']['mode'])}</b> "
-        f"{html.escape(json.dumps(report['scoring']['mode_params']))}</div>",
+        f"<div class='muted'>model <b>{html.escape(_model_name(report))}</b> · glmjax "
+        f"{html.escape(report['provenance']['glmjax_version'])} · {html.escape(report['created'])} · scoring mode "
+        f"<b>{html.escape(report['scoring']['mode'])}</b>"
+        + (f" {html.escape(json.dumps(report['scoring']['mode_params']))}" if report["scoring"]["mode_params"] else "")
+        + "</div>",
         f"<div class='headline' style='background:{colour}'>worst-case risk {risk['worst_case']:.3f} — "
         f"{html.escape(risk['band'].upper())} (set by {html.escape(risk['worst_vector'])})</div>",
         "<div id='plot-warning'>Some plots failed to render.</div>",
