@@ -32,6 +32,47 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"glmjax: error: {message}\n")
 
 
+# help of options whose command gives none (the same meaning wherever they occur)
+DEFAULT_HELP = {
+    "out": "file or folder to write",
+    "seed": "random seed, an integer >= 0 (the same seed writes the same output)",
+    "canaries": "canary manifest (JSON) from glmjax data canaries",
+    "mode": "standalone: every copy is an extra record; splice: a copy replaces a segment of a window",
+    "member_fraction": "fraction of the rows (or, with --by group, of the groups) that become members, in (0, 1)",
+    "num_processes": "processes of a multi-process run (each gets its shard; use with --process-id)",
+    "process_id": "this process's index in a multi-process run, 0-based",
+    "overwrite": "replace an existing output that glmjax wrote (anything else is refused)",
+    "batch_tokens": "tokens per device and forward pass",
+    "dtype": "compute dtype: auto (bf16 on accelerators, fp32 on CPU), fp32 or bf16",
+    "iters": "timed iterations",
+    "trust_pickle": "allow pickle-format weights (a pickle is a program: only for files of trusted origin)",
+    "epochs": "passes over the training rows",
+    "batch_size": "sequences per optimizer step",
+    "lr": "peak learning rate (AdamW: linear warmup, then cosine decay)",
+    "warmup_steps": "steps of linear learning-rate warmup",
+    "weight_decay": "AdamW weight decay",
+    "clip_norm": "global gradient-norm clipping threshold",
+    "num_models": "shadow models to train (each on a seeded random half of the rows)",
+    "beam_width": "beams of the beam-search extraction (causal families)",
+}
+
+
+def _document(parser: argparse.ArgumentParser) -> None:
+    """Give every option a help text and show its default (``--help`` of every command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _document(sub)
+            continue
+        if not action.option_strings or action.dest in ("help", "version") or action.help == argparse.SUPPRESS:
+            continue
+        if action.help is None:
+            action.help = DEFAULT_HELP.get(action.dest, "")
+        shown = action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or "")
+        if shown and not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            action.help = f"{action.help} (default: %(default)s)".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="glmjax", description="Audit genomic language models for memorization and "
                      "privacy leakage (perplexity detection, canary extraction/exposure, membership "
@@ -41,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for modname in COMMAND_MODULES:  # a missing command module is an installation error: fail loudly
         importlib.import_module(modname).register(sub)
+    _document(parser)
     return parser
 
 

@@ -149,3 +149,27 @@ def test_a_batch_that_cannot_fit_is_refused_before_compiling(monkeypatch):
     runner.check_batch_memory(model, hint)  # the size it suggests fits
     # 16-way float32 logits: 4 x 16 bytes per token + the parameters
     assert hint * 4 * 16 + 4 * model.num_params() <= (1 << 30)
+
+
+def test_every_option_is_documented_with_its_default():
+    import argparse
+
+    from glmjax.cli import build_parser
+
+    missing, defaults = [], 0
+
+    def walk(parser, prefix):
+        nonlocal defaults
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*prefix, name])
+            elif a.option_strings and a.dest not in ("help", "version"):
+                if not a.help:
+                    missing.append(" ".join([*prefix, a.option_strings[0]]))
+                if a.default not in (None, False) and not isinstance(a, argparse._StoreTrueAction):
+                    defaults += 1
+                    assert "default" in a.help, (prefix, a.option_strings[0])
+
+    walk(build_parser(), ["glmjax"])
+    assert missing == [] and defaults > 30

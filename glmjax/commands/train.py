@@ -123,7 +123,7 @@ def run_train(args) -> int:
     res = train(model, args.data, cfg, args.out, val_fraction=args.val_fraction, overwrite=args.overwrite)
     best = f", best validation loss {res.best_val_loss:.4f}" if res.best_val_loss is not None else ""
     lora = f", LoRA on {len(res.adapted_layers)} layers" if res.adapted_layers else ""
-    print(f"trained {model.family} for {res.steps} steps ({res.epochs_run} epochs{lora}) in {res.seconds:.1f} s "
+    print(f"trained {model.family} for {res.steps} steps ({res.epochs_run} epoch{'' if res.epochs_run == 1 else 's'}{lora}) in {res.seconds:.1f} s "
           f"({res.tokens_per_second:,.0f} tokens/s); final train loss {res.final_train_loss:.4f}{best}"
           f"{' (stopped early)' if res.stopped_early else ''}")
     print(f"model: {Path(args.out) / 'model'}")
