@@ -80,6 +80,7 @@ def test_hub_id_loads_offline_from_the_cache(tmp_path, offline_cache, capsys):
     out = capsys.readouterr()
     info = json.loads(out.out)
     assert info["family"] == "llama" and COMMIT in info["path"]
+    assert info["weights"].startswith("safetensors")  # this cache already holds them
     assert "reading the Hugging Face cache" in out.err
 
 

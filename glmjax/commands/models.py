@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("presets", help="list a family's preset shapes: parameters and context length",
-                       description="List the preset shapes of FAMILY (the names `glmjax train --preset` and "
-                       "`glmjax demo` accept): parameter count (from abstract shapes, nothing is "
+                       description="List the preset shapes of FAMILY (the names `glmjax train --config` "
+                       "accepts): parameter count (from abstract shapes, nothing is "
                        "allocated), context length, width and layers.")
     p.add_argument("family", metavar="FAMILY", help="a family name from `glmjax models list`")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -84,6 +84,7 @@ def describe(path: str | Path) -> dict:
     from glmjax.models.checkpoints import is_glmjax_dir, read_config_json, read_glmjax_meta
     from glmjax.models.hub import resolve
 
+    from_hub = not Path(path).expanduser().exists()
     path = resolve(path, weights=False)
     spec = detect(path)
     source = str(path.resolve())
@@ -106,6 +107,8 @@ def describe(path: str | Path) -> dict:
     native = spec.load_dir is not None and spec.detect_dir is not None and spec.detect_dir(path)
     weights = verify_weights(spec, cfg, path, n_params) if fmt == "huggingface" and not native else \
         ("orbax state (read when loaded)" if fmt == "glmjax" else "native checkpoint (checked when loaded)")
+    if from_hub and weights.startswith("none"):
+        weights = "on the Hub (info fetches configuration files only; checked when loaded)"
     return {
         "path": str(path.resolve()),
         "family": spec.name,
