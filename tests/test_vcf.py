@@ -291,6 +291,13 @@ def test_cli_summary_and_bad_input_exit_2(cohort, capsys):
     with SequenceStore(out) as st:
         assert "import-vcf" in st.provenance["command"]
         assert st.provenance["import_vcf"]["stride"] == 5
+        groups = sorted(set(st.column("group").astype(str).tolist()) - {""})
+    # data info shows the individuals (groups) and, after a split by group, how many are members
+    assert run_cli(["data", "split", out, "--member-fraction", "0.5", "--seed", "1", "--by", "group"])[0] == 0
+    capsys.readouterr()
+    assert run_cli(["data", "info", out])[0] == 0
+    text = capsys.readouterr().out
+    assert f"groups     {len(groups)} groups (individuals)" in text and "member groups" in text
     for name, kw, _ in bad_inputs(d, ref, recs, fa, vcf):
         o = d / f"cli-{name}.h5"
         argv = ["data", "import-vcf", "--reference", kw["reference"], "--vcf", kw["vcf"], "--window", W, "--out", o]

@@ -252,9 +252,18 @@ def store_info(path: str) -> dict[str, Any]:
             "provenance": st.provenance,
             "split": st.split_info() if st.has_split else None,
         }
+        groups = np.asarray(st.column("group")).astype(str)
+        named = groups[groups != ""]
+        if named.size:  # a cohort: rows grouped by individual
+            _, per = np.unique(named, return_counts=True)
+            info["groups"] = {"n": int(per.size), "rows": int(named.size),
+                              "rows_per_group": {"min": int(per.min()), "median": float(np.median(per)),
+                                                 "max": int(per.max())}}
         if st.has_split:
             m = st.member_mask()
             info["split"].update({"members": int(m.sum()), "non_members": int((~m).sum())})
+            if named.size:
+                info["split"]["member_groups"] = int(np.unique(groups[m & (groups != "")]).size)
     return info
 
 
@@ -279,6 +288,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {'repetitions':>13}  {'canaries':>8}  {'rows':>8}")
         for k, v in c["per_repetition"].items():
             print(f"  {k:>13}  {v['canaries']:>8,}  {v['rows']:>8,}")
+    g = info.get("groups")
+    if g:
+        rp = g["rows_per_group"]
+        print(f"  groups     {g['n']:,} groups (individuals) over {g['rows']:,} rows · rows per group min "
+              f"{rp['min']:,} · median {rp['median']:,.0f} · max {rp['max']:,}")
     prov = info["provenance"]
     if prov:
         print(f"  provenance glmjax {prov.get('glmjax_version')} · seed {prov.get('seed')} · "
@@ -288,8 +302,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"             from {src.get('path')} (sha256 {src['sha256'][:16]}…)")
     sp = info["split"]
     if sp:
+        groups_part = f" ({sp['member_groups']:,} member groups)" if "member_groups" in sp else ""
         print(f"  split      by {sp.get('by')} · seed {sp.get('seed')} · member fraction "
-              f"{sp.get('member_fraction')} · {sp['members']:,} members / {sp['non_members']:,} non-members")
+              f"{sp.get('member_fraction')} · {sp['members']:,} members{groups_part} / {sp['non_members']:,} "
+              "non-members")
     else:
         print("  split      none (run `glmjax data split`)")
     return 0
