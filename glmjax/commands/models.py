@@ -68,13 +68,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
-def count_params(spec, cfg) -> int:
-    """Number of parameters of the family's module for ``cfg``, from abstract shapes (no memory)."""
-    import jax
+def abstract_params(spec, cfg) -> dict[tuple, tuple[int, ...]]:
+    """Path -> shape of every parameter of the family's module for ``cfg`` (abstract: no memory)."""
     from flax import nnx
 
-    abstract = nnx.eval_shape(lambda: spec.build(cfg, nnx.Rngs(0)))
-    return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(abstract, nnx.Param))))
+    from glmjax.models.checkpoints import param_paths
+
+    return param_paths(nnx.eval_shape(lambda: spec.build(cfg, nnx.Rngs(0))))
+
+
+def count_params(spec, cfg, params: dict | None = None) -> int:
+    """Number of parameters of the family's module for ``cfg`` (from :func:`abstract_params`)."""
+    params = abstract_params(spec, cfg) if params is None else params
+    return int(sum(int(np.prod(s)) for s in params.values()))
 
 
 def describe(path: str | Path) -> dict:
@@ -103,9 +109,10 @@ def describe(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: the {spec.name} family cannot describe this folder without loading "
                               f"its weights; convert it with `glmjax models convert {path} --out DIR` first")
     tok = spec.tokenizer(cfg, path)
-    n_params = count_params(spec, cfg)
+    params = abstract_params(spec, cfg)
+    n_params = count_params(spec, cfg, params)
     native = spec.load_dir is not None and spec.detect_dir is not None and spec.detect_dir(path)
-    weights = verify_weights(spec, cfg, path, n_params) if fmt == "huggingface" and not native else \
+    weights = verify_weights(spec, cfg, path, params) if fmt == "huggingface" and not native else \
         ("orbax state (read when loaded)" if fmt == "glmjax" else "native checkpoint (checked when loaded)")
     if from_hub and weights.startswith("none"):
         weights = "on the Hub (info fetches configuration files only; checked when loaded)"
@@ -131,13 +138,12 @@ def describe(path: str | Path) -> dict:
 VERIFY_MAX_PARAMS = 2_000_000_000  # beyond this a converter's copies could need too much memory
 
 
-def verify_weights(spec, cfg, path: Path, n_params: int) -> str:
-    """Check an HF snapshot's tensors against the configuration from the safetensors headers
-    alone (names and shapes, through the family's converter on zero-memory placeholders); raises
-    :class:`CheckpointError` naming the first missing, unexpected or mis-shaped tensor."""
-    from flax import nnx
-
-    from glmjax.models.checkpoints import check_params, param_paths, safetensors_headers
+def verify_weights(spec, cfg, path: Path, params: dict[tuple, tuple[int, ...]]) -> str:
+    """Check an HF snapshot's tensors against the model's parameters (``params``: path -> shape)
+    from the safetensors headers alone: the family's converter runs on zero-stride views of the
+    header shapes (no tensor data is read); raises :class:`CheckpointError` naming the first
+    missing, unexpected or mis-shaped tensor."""
+    from glmjax.models.checkpoints import check_params, safetensors_headers
 
     hdr = safetensors_headers(path)
     if hdr is None:
@@ -145,11 +151,9 @@ def verify_weights(spec, cfg, path: Path, n_params: int) -> str:
             return "pytorch_model.bin (checked when loaded)"
         return "none (configuration only)"
     src, n = hdr
-    if n_params > VERIFY_MAX_PARAMS or spec.convert_hf is None:
+    if count_params(spec, cfg, params) > VERIFY_MAX_PARAMS or spec.convert_hf is None:
         return f"safetensors, {n} tensors (checked when loaded)"
-    flat = spec.convert_hf(src, cfg)
-    abstract = nnx.eval_shape(lambda: spec.build(cfg, nnx.Rngs(0)))
-    check_params(param_paths(abstract), flat, src.origin)
+    check_params(params, spec.convert_hf(src, cfg), src.origin)
     return f"safetensors, {n} tensors: names and shapes match the configuration (headers only)"
 
 

@@ -35,7 +35,34 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glmjax.errors import ConfigError
 from glmjax.tokenizers import Tokenizer
+
+
+class PresetTable:
+    """Presets of a config class from one table: ``_preset_table()`` maps each name (in the order
+    ``glmjax models presets`` lists them) to a config or a zero-argument callable building one;
+    ``PRESET_LABEL`` names the family in the error for an unknown name."""
+
+    PRESET_LABEL = ""
+
+    @classmethod
+    def _preset_table(cls) -> dict[str, Any]:
+        raise TypeError(f"{cls.__name__} has no preset table")
+
+    @classmethod
+    def preset_names(cls) -> tuple[str, ...]:
+        """The names :meth:`preset` accepts."""
+        return tuple(cls._preset_table())
+
+    @classmethod
+    def preset(cls, name: str):
+        """The config of preset ``name``; a :class:`ConfigError` listing the names otherwise."""
+        table = cls._preset_table()
+        if name not in table:
+            raise ConfigError(f"unknown {cls.PRESET_LABEL} preset {name!r}; choose one of: {', '.join(table)}")
+        value = table[name]
+        return value() if callable(value) else value
 
 
 @runtime_checkable

@@ -39,7 +39,7 @@ from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.selective_scan import selective_scan
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
+from glmjax.models.base import FamilySpec, PresetTable, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.mamba import Norm, SSMCore, check_scan_options, convert_mixer, linear, normal_init
 from glmjax.tokenizers import CharTokenizer, caduceus_char_tokenizer
@@ -57,7 +57,7 @@ def _complement_map(vocab_size: int, base: tuple[int, ...] = CHAR_COMPLEMENT) ->
 
 
 @dataclass(frozen=True)
-class CaduceusConfig:
+class CaduceusConfig(PresetTable):
     """Caduceus hyper-parameters (``CaduceusConfig`` names; ``ssm_cfg`` fields flattened).
 
     Attributes:
@@ -77,6 +77,8 @@ class CaduceusConfig:
       scan_inner: ``scan`` or ``segsum`` chunk processing (same results; see the kernel).
       dtype: compute dtype name; parameters stay float32, scan and norms run in float32.
     """
+
+    PRESET_LABEL = "Caduceus"
 
     vocab_size: int = 16
     d_model: int = 256
@@ -134,7 +136,10 @@ class CaduceusConfig:
 
     @classmethod
     def _preset_table(cls) -> dict:
-        # name -> a callable that builds the config
+        """Published sizes: ``ph-131k`` / ``ps-131k`` (kuleshov-group/caduceus-{ph,ps}_seqlen-131k_
+        d_model-256_n_layer-16: 16 BiMamba blocks, d 256, N 16, 7.7M parameters); ``ph-1k``
+        (caduceus-ph_seqlen-1k_d_model-118_n_layer-4); ``ps-1k`` (caduceus-ps_seqlen-1k_d_model-256_
+        n_layer-4); ``tiny`` / ``tiny-ps``."""
         return {
             "tiny": lambda: cls.tiny(False),
             "tiny-ps": lambda: cls.tiny(True),
@@ -143,22 +148,6 @@ class CaduceusConfig:
             "ph-1k": lambda: cls(d_model=118, n_layer=4, rcps=False, max_len=1024),
             "ps-1k": lambda: cls(d_model=256, n_layer=4, rcps=True, max_len=1024),
         }
-
-    @classmethod
-    def preset_names(cls) -> tuple[str, ...]:
-        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
-        return tuple(cls._preset_table())
-
-    @classmethod
-    def preset(cls, name: str) -> CaduceusConfig:
-        """Published sizes: ``ph-131k`` / ``ps-131k`` (kuleshov-group/caduceus-{ph,ps}_seqlen-131k_
-        d_model-256_n_layer-16: 16 BiMamba blocks, d 256, N 16, 7.7M parameters); ``ph-1k``
-        (caduceus-ph_seqlen-1k_d_model-118_n_layer-4); ``ps-1k`` (caduceus-ps_seqlen-1k_d_model-256_
-        n_layer-4); ``tiny`` / ``tiny-ps``."""
-        presets = cls._preset_table()
-        if name not in presets:
-            raise ConfigError(f"unknown Caduceus preset {name!r}; choose one of: {', '.join(presets)}")
-        return presets[name]()
 
     @classmethod
     def from_hf(cls, cfg: dict) -> CaduceusConfig:

@@ -47,7 +47,7 @@ class TensorSource:
         self.tensors = tensors
         self.origin = origin
         self.used: set[str] = set()
-        # placeholders of the right shapes (headers only): converters skip checks of the values
+        # zero-stride views of the header shapes (no data read): converters skip checks of values
         self.shapes_only = shapes_only
 
     def __contains__(self, key: str) -> bool:
@@ -119,8 +119,9 @@ def _safetensors_files(path: Path) -> tuple[list[Path], str] | None:
 
 
 def safetensors_headers(path: Path) -> tuple[TensorSource, int] | None:
-    """The tensors of an HF snapshot's safetensors files as zero-memory placeholders of their
-    shapes (read from the headers only), and their count; None when the folder has none."""
+    """The tensors of an HF snapshot's safetensors files as read-only zero-stride views with the
+    shapes their headers give (no tensor data is read), and their count; None when the folder has
+    no safetensors."""
     from safetensors import SafetensorError, safe_open
 
     found = _safetensors_files(Path(path))

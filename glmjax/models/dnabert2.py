@@ -40,7 +40,7 @@ from flax import nnx
 from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.alibi import alibi_bias
 from glmjax.kernels.attention import attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
+from glmjax.models.base import FamilySpec, PresetTable, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import gelu_erf
 from glmjax.tokenizers import BPETokenizer
@@ -52,7 +52,7 @@ _List = getattr(nnx, "List", list)
 
 
 @dataclass(frozen=True)
-class DNABERT2Config:
+class DNABERT2Config(PresetTable):
     """DNABERT-2 hyper-parameters.
 
     Attributes:
@@ -66,6 +66,8 @@ class DNABERT2Config:
       max_len: default context length in tokens (ALiBi itself has no limit).
       dtype: compute dtype name; parameters stay float32.
     """
+
+    PRESET_LABEL = "DNABERT-2"
 
     vocab_size: int = 4096
     hidden_size: int = 768
@@ -94,21 +96,8 @@ class DNABERT2Config:
 
     @classmethod
     def _preset_table(cls) -> dict:
-        # name -> a callable that builds the config
-        return {"tiny": cls.tiny, "117m": cls}
-
-    @classmethod
-    def preset_names(cls) -> tuple[str, ...]:
-        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
-        return tuple(cls._preset_table())
-
-    @classmethod
-    def preset(cls, name: str) -> DNABERT2Config:
         """Named sizes: ``tiny`` and ``117m`` (DNABERT-2-117M: 12 layers, d 768, 12 heads, ffn 3072)."""
-        presets = cls._preset_table()
-        if name not in presets:
-            raise ConfigError(f"unknown DNABERT-2 preset {name!r}; choose one of: {', '.join(presets)}")
-        return presets[name]()
+        return {"tiny": cls.tiny, "117m": cls}
 
     @classmethod
     def from_hf(cls, cfg: dict) -> DNABERT2Config:

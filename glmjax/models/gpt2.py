@@ -26,7 +26,7 @@ from flax import nnx
 
 from glmjax.errors import ConfigError
 from glmjax.kernels.attention import attention, prefix_shared_attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
+from glmjax.models.base import FamilySpec, PresetTable, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import (
     LayerNorm,
@@ -47,13 +47,15 @@ from glmjax.tokenizers import Tokenizer, causal_char_tokenizer
 
 
 @dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(PresetTable):
     """Shape and numerics of a GPT-2-style decoder (field names as in HF ``GPT2Config``).
 
     ``n_inner`` None means ``4 * n_embd``. ``scale_attn_weights`` divides attention logits by
     ``sqrt(head_dim)``; ``scale_attn_by_inverse_layer_idx`` additionally by ``layer + 1``.
     ``dtype`` is the compute dtype (parameters stay float32).
     """
+
+    PRESET_LABEL = "gpt2"
 
     vocab_size: int = 16
     n_positions: int = 256
@@ -97,25 +99,12 @@ class GPT2Config:
 
     @classmethod
     def _preset_table(cls) -> dict:
-        # name -> the config
+        """Named shapes: ``tiny`` (tests), ``small`` (~15M params, 1024 tokens), ``100m`` (~101M, 1024)."""
         return {
             "tiny": cls.tiny(),
             "small": cls(n_embd=384, n_layer=8, n_head=6, n_positions=1024),
             "100m": cls(n_embd=768, n_layer=14, n_head=12, n_positions=1024),
         }
-
-    @classmethod
-    def preset_names(cls) -> tuple[str, ...]:
-        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
-        return tuple(cls._preset_table())
-
-    @classmethod
-    def preset(cls, name: str) -> GPT2Config:
-        """Named shapes: ``tiny`` (tests), ``small`` (~15M params, 1024 tokens), ``100m`` (~101M, 1024)."""
-        presets = cls._preset_table()
-        if name not in presets:
-            raise ConfigError(f"gpt2: unknown preset {name!r}; choose one of {', '.join(presets)}")
-        return presets[name]
 
     @classmethod
     def from_hf(cls, d: dict) -> GPT2Config:

@@ -28,7 +28,7 @@ from flax import nnx
 
 from glmjax.errors import ConfigError
 from glmjax.kernels.attention import attention, prefix_shared_attention
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
+from glmjax.models.base import FamilySpec, PresetTable, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.models.layers import (
     RMSNorm,
@@ -52,13 +52,15 @@ from glmjax.tokenizers import Tokenizer, causal_char_tokenizer
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(PresetTable):
     """Shape and numerics of a Llama-style decoder (field names as in HF ``LlamaConfig``).
 
     ``num_key_value_heads``/``head_dim`` None mean "as many as query heads" / ``hidden_size //
     num_attention_heads``. Rotary: ``rope_type`` ``default`` | ``linear`` | ``llama3`` with the
     ``rope_*`` scaling fields. ``dtype`` is the compute dtype (parameters stay float32).
     """
+
+    PRESET_LABEL = "llama"
 
     vocab_size: int = 16
     hidden_size: int = 32
@@ -118,7 +120,7 @@ class LlamaConfig:
 
     @classmethod
     def _preset_table(cls) -> dict:
-        # name -> the config
+        """Named shapes: ``tiny`` (tests), ``small`` (~14M params, 1024 tokens), ``100m`` (~99M, 2048)."""
         return {
             "tiny": cls.tiny(),
             "small": cls(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
@@ -126,19 +128,6 @@ class LlamaConfig:
             "100m": cls(hidden_size=768, intermediate_size=2560, num_hidden_layers=12, num_attention_heads=12,
                         max_position_embeddings=2048),
         }
-
-    @classmethod
-    def preset_names(cls) -> tuple[str, ...]:
-        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
-        return tuple(cls._preset_table())
-
-    @classmethod
-    def preset(cls, name: str) -> LlamaConfig:
-        """Named shapes: ``tiny`` (tests), ``small`` (~14M params, 1024 tokens), ``100m`` (~99M, 2048)."""
-        presets = cls._preset_table()
-        if name not in presets:
-            raise ConfigError(f"llama: unknown preset {name!r}; choose one of {', '.join(presets)}")
-        return presets[name]
 
     @classmethod
     def from_hf(cls, d: dict) -> LlamaConfig:

@@ -33,7 +33,7 @@ from flax import nnx
 
 from glmjax.errors import CheckpointError, ConfigError
 from glmjax.kernels.selective_scan import selective_scan, selective_state_update
-from glmjax.models.base import FamilySpec, config_from_dict, config_to_dict, float32_matmuls
+from glmjax.models.base import FamilySpec, PresetTable, config_from_dict, config_to_dict, float32_matmuls
 from glmjax.models.checkpoints import TensorSource
 from glmjax.tokenizers import BPETokenizer, Tokenizer, causal_char_tokenizer
 
@@ -246,7 +246,7 @@ class MambaMixer(nnx.Module):
 # Causal Mamba LM
 
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(PresetTable):
     """Causal Mamba LM hyper-parameters (``transformers.MambaConfig`` names in brackets).
 
     Attributes:
@@ -267,6 +267,8 @@ class MambaConfig:
         :func:`glmjax.kernels.selective_scan.selective_scan_chunked`); same results.
       dtype: compute dtype name; parameters stay float32, scan and norms run in float32.
     """
+
+    PRESET_LABEL = "Mamba"
 
     vocab_size: int = 16
     d_model: int = 768
@@ -306,26 +308,13 @@ class MambaConfig:
 
     @classmethod
     def _preset_table(cls) -> dict:
-        # name -> a callable that builds the config
+        """Named sizes: ``tiny``; ``d256-l16`` (d_model 256, 16 layers, char vocabulary: the
+        benchmark shape); ``130m`` (state-spaces/mamba-130m: d 768, 24 layers, vocabulary 50280)."""
         return {
             "tiny": cls.tiny,
             "d256-l16": lambda: cls(vocab_size=16, d_model=256, n_layer=16),
             "130m": lambda: cls(vocab_size=50280, d_model=768, n_layer=24, max_len=2048),
         }
-
-    @classmethod
-    def preset_names(cls) -> tuple[str, ...]:
-        """The names :meth:`preset` accepts, in the order `glmjax models presets` lists them."""
-        return tuple(cls._preset_table())
-
-    @classmethod
-    def preset(cls, name: str) -> MambaConfig:
-        """Named sizes: ``tiny``; ``d256-l16`` (d_model 256, 16 layers, char vocabulary: the
-        benchmark shape); ``130m`` (state-spaces/mamba-130m: d 768, 24 layers, vocabulary 50280)."""
-        presets = cls._preset_table()
-        if name not in presets:
-            raise ConfigError(f"unknown Mamba preset {name!r}; choose one of: {', '.join(presets)}")
-        return presets[name]()
 
     @classmethod
     def from_hf(cls, cfg: dict) -> MambaConfig:
