@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "glmjax.commands.data",
     "glmjax.commands.models",
     "glmjax.commands.score",
+    "glmjax.commands.scores",
     "glmjax.commands.train",
     "glmjax.commands.audit",
     "glmjax.commands.demo",

@@ -457,6 +457,11 @@ def get_json_attr(obj: h5py.HLObject, key: str, default: Any = None) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+# the command that reads each kind of file, named when a file of one kind is given to another
+_READ_WITH = {"glmjax.ScoreStore": "glmjax scores info|export", "glmjax.MembershipScores": "glmjax scores info|export",
+              "glmjax.SequenceStore": "glmjax data info"}
+
+
 def open_table(path: str | os.PathLike, schema: str, kind: str = "store") -> h5py.File:
     """Open a finished table for reading, with clear errors for wrong or unfinished files."""
     p = Path(path)
@@ -478,7 +483,8 @@ def open_table(path: str | os.PathLike, schema: str, kind: str = "store") -> h5p
     if got != schema:
         f.close()
         what = f"a {got}" if got else "not written by glmjax"
-        raise StoreError(f"{p} is {what}, not a {schema}")
+        hint = _READ_WITH.get(got, "")
+        raise StoreError(f"{p} is {what}, not a {schema}" + (f"; read it with {hint}" if hint else ""))
     for key in ("schema_version", "committed_rows"):  # a damaged or hand-edited header
         v = f.attrs.get(key)
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < 0:

@@ -193,6 +193,33 @@ def test_scores_are_kept_for_reanalysis(audited):
     assert len(ss) == n and ss.mode == "causal"
 
 
+def test_membership_scores_reproduce_the_report(audited, tmp_path):
+    """OUT/scores/membership.h5 holds every attack's per-window score with its label: the AUCs
+    recomputed from it (and from its CSV export) are the report's."""
+    from glmjax.audit.metrics import roc_auc
+    from glmjax.audit.scoretable import MembershipScores
+
+    d, res = audited
+    attacks = res.report["mia"]["attacks"]
+    with MembershipScores(d / "report" / "scores" / "membership.h5") as m, SequenceStore(d / "p.h5") as store:
+        assert set(m.attacks) == set(attacks)
+        idx = np.asarray(m.column("index"))
+        kinds = np.asarray(store.column("kind"))
+        assert list(idx) == list(np.flatnonzero(kinds != "canary"))
+        member = np.asarray(m.column("member"), bool)
+        assert (member == store.member_mask()[idx]).all()
+        assert list(m.column("id")) == list(np.asarray(store.column("id"))[idx])
+        for name in m.attacks:
+            s = np.asarray(m.column(name))
+            keep = np.isfinite(s)
+            assert keep.sum() == attacks[name].get("rows", len(s))
+            assert roc_auc(member[keep], s[keep]) == pytest.approx(attacks[name]["auc"], abs=1e-12), name
+    out = tmp_path / "membership.csv"
+    assert main(["scores", "export", str(d / "report" / "scores" / "membership.h5"), "--out", str(out)]) == 0
+    head = out.read_text().splitlines()[0].split(",")
+    assert head[:3] == ["index", "id", "member"] and set(head[3:]) == set(attacks)
+
+
 def test_audit_cli_bad_inputs(tmp_path, capsys):
     assert main(["audit", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "x.h5"),
                  "--out", str(tmp_path / "r")]) == 2

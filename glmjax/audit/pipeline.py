@@ -19,7 +19,8 @@ every vector it has inputs for:
   evaluated on the genome windows (canary copies excluded) with member labels from the split.
 
 Everything lands in ``OUT/``: ``report.json``, ``report.html``, and ``scores/`` (the ScoreStores
-the statistics came from, for re-analysis). Vectors without inputs are listed under ``skipped``
+the statistics came from, and ``membership.h5``, every attack's score per genome window with its
+label — see :mod:`glmjax.audit.scoretable`; ``glmjax scores export`` writes them as CSV/Parquet). Vectors without inputs are listed under ``skipped``
 with the reason; ``report["timings"]`` holds the seconds of every stage (they add up to
 ``report["seconds"]``).
 """
@@ -400,6 +401,12 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     if nb_scores is not None:  # evaluated on its sampled rows; it counts towards the MIA risk
         pick, nbs = nb_scores
         result.mia_sample_scores["neighbourhood"] = (labels[pick], nbs)
+    if result.mia_scores:
+        from glmjax.audit.scoretable import write_membership_scores
+
+        write_membership_scores(sdir / "membership.h5", genome, store.column("id")[genome], labels,
+                                result.mia_scores, None if nb_scores is None else {"neighbourhood": nb_scores},
+                                provenance={"model": provenance["model"], "data": str(data)})
     report = evaluate(result, reveal=reveal)
     if extraction_info is not None:
         report["extraction_attacks"] = extraction_info

@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--window", type=A.positive_int, default=None, metavar="W",
                    help="score sequences longer than W nucleotides in consecutive windows of W "
                         "(each window scored on its own; row statistics over all windows' tokens)")
+    p.add_argument("--per-window", action="store_true",
+                   help="with --window: one output row per window, id ID:START-END (1-based, inclusive), "
+                        "instead of one row per sequence")
     p.add_argument("--seed", type=A.seed, default=0, help="seed of the random PLL masks")
     p.add_argument("--block-rows", type=A.positive_int, default=16384,
                    help="rows per block: unit of in-order writing and of resume commits")
@@ -101,6 +104,8 @@ def run_score(args: argparse.Namespace) -> int:
     open_input(args.input).close()
     if args.window is not None and args.window < 1:
         raise ConfigError(f"--window must be a positive number of nucleotides, not {args.window}")
+    if args.per_window and args.window is None:
+        raise ConfigError("--per-window needs --window N (the window length in nucleotides)")
     if args.batch_tokens is not None and args.batch_tokens < 1:
         raise ConfigError("--batch-tokens must be positive")
     if args.host_workers is not None and args.host_workers < 1:
@@ -108,7 +113,7 @@ def run_score(args: argparse.Namespace) -> int:
     model = gm.load(args.model, trust_pickle=args.trust_pickle, dtype=_dtype(args.dtype))
     parse_mode(model.objective, args.pll, args.seed)
     s = score(model, args.input, args.out, pll=args.pll, seed=args.seed, batch_tokens=args.batch_tokens,
-              per_token=args.per_token, window=args.window, block_rows=args.block_rows, devices=args.devices,
+              per_token=args.per_token, window=args.window, per_window=args.per_window, block_rows=args.block_rows, devices=args.devices,
               host_workers=args.host_workers,
               overwrite=args.overwrite, resume=not args.restart, process_index=index, process_count=count)
     resumed = f" (resumed after {s.resumed_rows:,} rows)" if s.resumed_rows else ""

@@ -2,7 +2,9 @@
 
 Both expose the same small surface: ``len()``, ``lengths()`` (nucleotides per row), ``ids(lo, hi)``,
 ``block(lo, hi) -> (codes, offsets)`` (one flat uint8 array and ``hi - lo + 1`` offsets into it,
-read from a SequenceStore in one contiguous HDF5 read) and ``provenance()``.
+read from a SequenceStore in one contiguous HDF5 read), ``span(a, b)`` (codes between absolute
+positions of the concatenated rows) and ``provenance()``. :class:`WindowedInput` presents the
+consecutive windows of another input as rows of their own (``glmjax score --per-window``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ class StoreInput:
             self._values.read_direct(codes, np.s_[a:b])
         return codes, self._offsets[lo:hi + 1] - a
 
+    def offsets(self) -> np.ndarray:
+        """Start of every row in the concatenated codes, int64 ``[N + 1]``."""
+        return self._offsets
+
+    def span(self, a: int, b: int) -> np.ndarray:
+        """Codes between absolute positions ``[a, b)`` of the concatenated rows (one read)."""
+        codes = np.empty(b - a, np.uint8)
+        if b > a:
+            self._values.read_direct(codes, np.s_[a:b])
+        return codes
+
     def provenance(self) -> dict[str, Any]:
         """Path, row count and the store's own provenance."""
         return {"path": str(self.path), "kind": "SequenceStore", "rows": len(self),
@@ -83,6 +96,12 @@ class FastaInput:
         a, b = int(self._offsets[lo]), int(self._offsets[hi])
         return self._codes[a:b], self._offsets[lo:hi + 1] - a
 
+    def offsets(self) -> np.ndarray:
+        return self._offsets
+
+    def span(self, a: int, b: int) -> np.ndarray:
+        return self._codes[a:b]
+
     def provenance(self) -> dict[str, Any]:
         from glmjax.data.provenance import file_sha256
 
@@ -90,6 +109,65 @@ class FastaInput:
 
     def close(self) -> None:
         pass
+
+
+class WindowedInput:
+    """The consecutive non-overlapping windows of ``window`` nucleotides of every row of ``source``
+    as rows of their own (the last window of a row may be shorter).
+
+    A window's id is ``ID:START-END`` with 1-based inclusive coordinates in its sequence (the
+    notation of ``samtools faidx``); :meth:`origin` maps windows back to (source row, start).
+    """
+
+    def __init__(self, source, window: int):
+        if window < 1:
+            raise ValueError("window must be positive")
+        self.source, self.window = source, int(window)
+        lens = source.lengths()
+        per = np.maximum(1, -(-lens // self.window))          # an empty row keeps one empty window
+        self._row = np.repeat(np.arange(lens.shape[0], dtype=np.int64), per)
+        first = np.concatenate([[0], np.cumsum(per)[:-1]])
+        self._start = (np.arange(self._row.shape[0], dtype=np.int64) - first[self._row]) * self.window
+        self._len = np.minimum(self.window, lens[self._row] - self._start)
+        self._abs = source.offsets()[self._row] + self._start   # absolute start in the concatenation
+
+    def __len__(self) -> int:
+        return int(self._row.shape[0])
+
+    def lengths(self) -> np.ndarray:
+        return self._len
+
+    def origin(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source row, 0-based start) of windows ``[lo, hi)``."""
+        return self._row[lo:hi], self._start[lo:hi]
+
+    def ids(self, lo: int, hi: int) -> np.ndarray:
+        rows = self._row[lo:hi]
+        if hi <= lo:
+            return np.zeros(0, dtype=object)
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        names = np.asarray(self.source.ids(r0, r1), dtype=object)[rows - r0]
+        s, n = self._start[lo:hi], self._len[lo:hi]
+        return np.asarray([f"{name}:{a + 1}-{a + b}" for name, a, b in zip(names, s, n, strict=True)], dtype=object)
+
+    def block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        if hi <= lo:
+            return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+        a = int(self._abs[lo])
+        b = int(self._abs[hi - 1] + self._len[hi - 1])   # windows of consecutive rows are contiguous
+        return self.source.span(a, b), np.concatenate([[0], np.cumsum(self._len[lo:hi])]).astype(np.int64)
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([self._abs, [self._abs[-1] + self._len[-1]] if len(self) else [0]]).astype(np.int64)
+
+    def span(self, a: int, b: int) -> np.ndarray:
+        return self.source.span(a, b)
+
+    def provenance(self) -> dict[str, Any]:
+        return {**self.source.provenance(), "per_window": self.window, "windows": len(self)}
+
+    def close(self) -> None:
+        self.source.close()
 
 
 def open_input(path: str | os.PathLike) -> StoreInput | FastaInput:

@@ -518,7 +518,7 @@ def model_provenance(model, dtype: str | None = None) -> dict[str, Any]:
 
 def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: str | None = None,
           seed: int = 0, batch_tokens: int | None = None, per_token: bool = False, window: int | None = None,
-          block_rows: int = 16384, block_nucleotides: int = 1 << 23, devices=None, overwrite: bool = False,
+          per_window: bool = False, block_rows: int = 16384, block_nucleotides: int = 1 << 23, devices=None, overwrite: bool = False,
           resume: bool = True,
           process_index: int = 0, process_count: int = 1, inflight: int = 3, prefetch: int = 6,
           chunk: int | None = None, on_commit: Callable[[int], None] | None = None,
@@ -536,6 +536,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
       batch_tokens: tokens per device and forward pass (default :func:`default_batch_tokens`).
       per_token: store per-token statistics too.
       window: score sequences longer than this many nucleotides in windows (see module doc).
+      per_window: with ``window``, one output row per window (id ``ID:START-END``, 1-based
+        inclusive; ``index`` counts windows) instead of one row per input sequence.
       block_rows: rows per block (unit of reordering and of commits).
       block_nucleotides: nucleotides per block (bounds host memory for long sequences; a
         single longer sequence makes a block of its own).
@@ -562,6 +564,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
     mode = parse_mode(model.objective, pll, seed)
     if window is not None and window < 1:
         raise ConfigError(f"--window must be a positive number of nucleotides, not {window}")
+    if per_window and window is None:
+        raise ConfigError("--per-window needs --window N (the window length in nucleotides)")
     if block_rows < 1 or block_nucleotides < 1:
         raise ConfigError("block_rows and block_nucleotides must be positive")
     if host_workers is not None and host_workers < 1:
@@ -573,6 +577,10 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
     if not out_path.parent.exists():
         raise ConfigError(f"output folder {out_path.parent} does not exist; create it first")
     source = open_input(input_path)
+    if per_window:
+        from glmjax.engine.inputs import WindowedInput
+
+        source, window = WindowedInput(source, window), None
     try:
         n = len(source)
         lo, hi = shard_range(n, process_index, process_count)
@@ -585,13 +593,14 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         policy = batching.padding_policy(model.spec)
         mprov = model_provenance(model)
         prov = {"model": mprov, "input": source.provenance(), "seed": int(seed),
-                "scoring": {"mode": mode.name, "params": mode.param_dict, "window": window, "padding": policy,
+                "scoring": {"mode": mode.name, "params": mode.param_dict, "window": window,
+                            "per_window": getattr(source, "window", None), "padding": policy,
                             "bucket": "exact-length" if policy == "exact" else "8-per-octave"}}
         if process_count > 1:
             prov["shard"] = {"index": process_index, "count": process_count, "rows": [lo, hi], "total": n}
         run = {"mode": mode.name, "params": mode.param_dict, "model": mprov["fingerprint"], "dtype": mprov["dtype"],
                "input": str(Path(input_path).resolve()), "rows": [lo, hi], "total": n, "window": window,
-               "per_token": per_token, "objective": model.objective}
+               "per_window": getattr(source, "window", None), "per_token": per_token, "objective": model.objective}
         # the writer takes OUT's lock before it touches a partial file (a live run's is never removed)
         writer = ScoreStoreWriter(out_path, mode.name, mode.param_dict, model.objective, provenance=prov,
                                   per_token=per_token, run=run, resume=resume, overwrite=overwrite)
@@ -713,7 +722,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
         if kind == "block":
             blk = obj
             put(writes, blk)
-            bar.advance(blk.hi - blk.lo, tokens=int(blk.n_target.sum()))
+            bar.advance(blk.hi - blk.lo)
             return
         item: _Item = obj
         row, tok = jax.device_get(out)
@@ -724,7 +733,9 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
             mask = target_mask(b.scored, objective)
             for r in np.flatnonzero(real):
                 item.block.token_values[b.pieces[r]] = tok[r][mask[r]]
-        summary.tokens += int(item.block.n_target[b.pieces[real]].sum())
+        done = int(item.block.n_target[b.pieces[real]].sum())
+        summary.tokens += done
+        bar.advance(0, tokens=done)  # the token rate moves while a long sequence is still being scored
 
     prod.start()
     wthr.start()
