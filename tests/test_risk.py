@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from glmjax.audit import risk as R
-from glmjax.audit.perplexity import detect
+from glmjax.audit.perplexity import NULL_CONTROLS, detect
 from glmjax.errors import ConfigError
 
 
@@ -91,3 +91,83 @@ def test_summary_worst_case_band_and_ties():
         R.summarise({"mia": None})
     with pytest.raises(ConfigError, match="unknown"):
         R.summarise({"bogus": 0.1})
+
+
+# ------------------------------------------------------------------ bootstrap of the risk
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(idx, minlength=n)[None]
+
+
+@pytest.mark.parametrize("fpr,n_null", [(0.01, 16), (0.01, 500), (0.1, 37), (0.05, 3)])
+def test_detection_replicates_equal_detect_on_the_resampled_data(fpr, n_null):
+    """One replicate = detect() run on the explicitly resampled arrays (ties included)."""
+    rng = np.random.default_rng(n_null)
+    null = np.round(rng.normal(3.0, 0.3, n_null), 1)      # rounded: ties within the null and with queries
+    x = np.round(rng.normal(2.7, 0.3, 40), 1)
+    point = detect({"q": x}, null, mode="causal", fpr=fpr, null=NULL_CONTROLS)
+    assert R.detection_replicates(x, null, fpr)[0] == pytest.approx(R.detection_risk(point.groups["q"].tpr,
+                                                                                     point.expected_fpr), abs=1e-15)
+    for _ in range(20):
+        ix, inn = rng.integers(0, x.size, x.size), rng.integers(0, null.size, null.size)
+        res = detect({"q": x[ix]}, null[inn], mode="causal", fpr=fpr, null=NULL_CONTROLS)
+        want = R.detection_risk(res.groups["q"].tpr, res.expected_fpr)
+        got = R.detection_replicates(x, null, fpr, _counts(ix, x.size), _counts(inn, null.size))[0]
+        assert got == pytest.approx(want, abs=1e-15)
+
+
+def test_extraction_replicates_equal_extraction_risk_on_resampled_canaries():
+    rng = np.random.default_rng(1)
+    ext = rng.random(30) < 0.2
+    exp = rng.uniform(0, 24, 30)
+    lr = np.full(30, 20.0)
+    assert R.extraction_replicates(ext, exp, lr)[0] == pytest.approx(R.extraction_risk(ext, exp, lr))
+    for _ in range(10):
+        i = rng.integers(0, 30, 30)
+        assert R.extraction_replicates(ext, exp, lr, _counts(i, 30))[0] == pytest.approx(
+            R.extraction_risk(ext[i], exp[i], lr[i]))
+
+
+def _inputs(rng, shift: float, n: int = 400, controls: int = 120):
+    labels = np.zeros(2 * n, bool)
+    labels[:n] = True
+    lppl = rng.normal(3.0, 0.3, 2 * n)
+    lppl[labels] -= shift
+    can = rng.normal(3.0, 0.3, 60 + controls)
+    planted = np.zeros(can.size, bool)
+    planted[:60] = True
+    can[planted] -= 2 * shift
+    return R.RiskInputs(members=lppl[labels], nonmembers=lppl[~labels], canary_log_ppl=can, canary_planted=planted,
+                        extracted=np.zeros(can.size, bool), exposure=np.where(planted, 8 * shift, 0.5),
+                        log2_candidates=np.full(can.size, 20.0), mia_labels=labels,
+                        mia_scores={"loss": -lppl, "noise": rng.normal(size=2 * n)})
+
+
+def test_bootstrap_risk_intervals():
+    rng = np.random.default_rng(2)
+    strong = R.bootstrap_risk(_inputs(rng, 0.6), 200, seed=0)
+    assert set(strong["vectors_ci"]) == {"detection", "extraction", "mia"}
+    lo, hi = strong["worst_case_ci"]
+    assert 0.5 < lo <= hi <= 1.0
+    for v in strong["vectors_ci"].values():
+        assert 0.0 <= v[0] <= v[1] <= 1.0
+    # the worst case of each replicate is at least each vector's: so are its percentiles
+    assert lo >= max(v[0] for v in strong["vectors_ci"].values()) - 1e-12
+    none = R.bootstrap_risk(_inputs(rng, 0.0), 200, seed=0)
+    assert none["vectors_ci"]["detection"][0] == 0.0 and none["vectors_ci"]["detection"][1] < 0.2
+    assert none["worst_case_ci"][1] < strong["worst_case_ci"][0]
+    # deterministic per seed; replicates processed in small chunks (other draws) agree within noise
+    again = R.bootstrap_risk(_inputs(np.random.default_rng(2), 0.6), 200, seed=0)
+    assert again == strong
+    chunked = R.bootstrap_risk(_inputs(np.random.default_rng(2), 0.6), 200, seed=0, max_cells=5000)
+    np.testing.assert_allclose(chunked["worst_case_ci"], strong["worst_case_ci"], atol=0.05)
+    assert R.bootstrap_risk(_inputs(rng, 0.6), 0)["worst_case_ci"] is None
+
+
+def test_sample_warnings():
+    w = R.sample_warnings(8, {0: 8, 1: 2, 4: 12}, [0.1, 0.5], True)
+    assert len(w) == 3
+    assert "only 8 control canaries" in w[0] and "1/(n+1) = 0.111" in w[0]
+    assert "repetition count(s) 1:" in w[1]
+    assert "cannot be ranked" in w[2]
+    assert R.sample_warnings(200, {0: 200, 1: 20}, [0.3, 0.35], True) == []

@@ -105,6 +105,18 @@ def empirical_p_values(query: np.ndarray, nonmember: np.ndarray) -> np.ndarray:
     return (1.0 + np.searchsorted(nm, np.asarray(query, dtype=np.float64), side="right")) / (1.0 + nm.size)
 
 
+def max_flags(fpr: float, n: int) -> int:
+    """The largest k with k / n <= fpr (0 <= k <= n): how many of n null values a threshold may flag."""
+    if not 0.0 <= fpr <= 1.0:
+        raise ConfigError(f"the target false-positive rate must be in [0, 1], got {fpr}")
+    k = min(int(math.floor(fpr * n)), n)
+    while k + 1 <= n and (k + 1) / n <= fpr:
+        k += 1
+    while k > 0 and k / n > fpr:
+        k -= 1
+    return k
+
+
 def calibrate_threshold(nonmember: np.ndarray, fpr: float) -> tuple[float, float]:
     """Threshold t such that flagging ``x < t`` flags at most a fraction ``fpr`` of non-members.
 
@@ -112,15 +124,9 @@ def calibrate_threshold(nonmember: np.ndarray, fpr: float) -> tuple[float, float
       (t, realised FPR on these non-members); t = -inf when even one flag is too many and
       +inf when fpr >= 1.
     """
-    if not 0.0 <= fpr <= 1.0:
-        raise ConfigError(f"the target false-positive rate must be in [0, 1], got {fpr}")
     nm = np.sort(np.asarray(nonmember, dtype=np.float64))
     n = nm.size
-    k = min(int(math.floor(fpr * n)), n)
-    while k + 1 <= n and (k + 1) / n <= fpr:
-        k += 1
-    while k > 0 and k / n > fpr:
-        k -= 1
+    k = max_flags(fpr, n)
     t = math.inf if k >= n else float(nm[k])
     return t, float((nm < t).sum() / n)
 

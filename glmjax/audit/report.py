@@ -298,6 +298,34 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
             mia["one_run_epsilon"] = one.to_dict()
 
     summary = R.summarise(vectors, sources)
+    risk = summary.to_dict()
+    planted = np.array([c.repetitions > 0 for c in result.canaries], bool) if result.canaries else None
+    inputs = R.RiskInputs(
+        detection_fpr=result.detection_fpr,
+        members=result.member_log_ppl, nonmembers=result.nonmember_log_ppl,
+        ref_members=result.reference_member_log_ppl if windows_det is not None and windows_det.reference else None,
+        ref_nonmembers=result.reference_nonmember_log_ppl,
+        canary_log_ppl=None if canary_det is None else np.asarray(can_ppl, np.float64),
+        ref_canary_log_ppl=(None if canary_det is None or canary_det.reference is None
+                            else np.asarray(result.reference_canary_log_ppl, np.float64)),
+        canary_planted=planted, canary_null_windows=canary_det is not None and canary_det.null == NULL_WINDOWS,
+        extracted=None if not canaries else np.array([c["extracted"] for c in canaries]),
+        exposure=None if not canaries else np.array([c["exposure"] for c in canaries]),
+        log2_candidates=None if not canaries else np.array([c["log2_candidates"] for c in canaries]),
+        mia_labels=result.mia_labels if result.mia_scores else None,
+        mia_scores=dict(result.mia_scores), mia_sample_scores=dict(result.mia_sample_scores))
+    if windows_det is None:  # the windows took part in no detection
+        inputs.members = None
+    boot = R.bootstrap_risk(inputs, result.n_bootstrap, seed=result.seed, confidence=result.confidence)
+    risk["worst_case_ci"], risk["vectors_ci"] = boot["worst_case_ci"], boot["vectors_ci"]
+    risk["ci"] = {"method": "percentile bootstrap over windows, attack rows, planted canaries and controls "
+                            "(each resampled within its class)",
+                  "n_bootstrap": boot["n_bootstrap"], "confidence": boot["confidence"]}
+    reps = [c.repetitions for c in result.canaries]
+    risk["warnings"] = R.sample_warnings(
+        int(sum(r == 0 for r in reps)) if result.canaries else None,
+        {int(r): reps.count(r) for r in set(reps)}, risk["worst_case_ci"],
+        canary_det is not None and canary_det.null == NULL_CONTROLS)
     hist = _histograms({"members": result.member_log_ppl, "nonmembers": result.nonmember_log_ppl,
                         "canaries": can_ppl})
     report = {
@@ -310,7 +338,7 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
                    "epsilon_delta": result.epsilon_delta},
         "provenance": {"glmjax_version": __version__, **result.provenance},
         "scoring": {"mode": mode, "mode_params": mode_params},
-        "risk": summary.to_dict(),
+        "risk": risk,
         "detection": detection,
         "canaries": canaries,
         "extraction": extraction,
@@ -425,15 +453,12 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
         reps = np.array([c["repetitions"] for c in report["canaries"]], float)
         exp = np.array([c["exposure"] for c in report["canaries"]], float)
-        x = np.maximum(reps, 0.5)
-        a1.scatter(x, exp, s=14, alpha=0.6, color="#1565c0", label="canary")
+        a1.scatter(reps, exp, s=14, alpha=0.6, color="#1565c0", label="canary")
         by = ext["by_repetition"]
-        bx = np.maximum([r["repetitions"] for r in by], 0.5)
+        bx = [r["repetitions"] for r in by]
         a1.plot(bx, [r["exposure_mean"] for r in by], "o-", color="k", label="mean")
         a1.axhline(max(c["log2_candidates"] for c in report["canaries"]), color="#c62828", ls=":",
                    lw=1, label="log2 |R| (maximum)")
-        a1.set_xscale("log")
-        a1.set_xlabel("repetitions in training data")
         a1.set_ylabel("exposure (bits)")
         a1.legend(fontsize=7)
         a1.set_title("Exposure vs repetition")
@@ -445,14 +470,21 @@ def _plots(report: dict) -> list[tuple[str, str]]:
             if cd["null"] == NULL_CONTROLS:
                 # The controls are the null: at 0 copies, the chance of a flag (expected FPR).
                 xs, ys = [0, *xs], [cd["expected_fpr"], *ys]
-            a2.plot(np.maximum(xs, 0.5), ys, "s--", color="#1565c0",
+            a2.plot(xs, ys, "s--", color="#1565c0",
                     label=f"detected (TPR @ FPR {cd['fpr_target']:g} on {cd['null']})")
-        a2.set_xscale("log")
         a2.set_ylim(-0.02, 1.02)
-        a2.set_xlabel("repetitions in training data")
         a2.set_ylabel("fraction of canaries")
         a2.legend(fontsize=7)
         a2.set_title("Extraction and detection vs repetition")
+        # repetitions on a log axis that still holds 0 (the never-planted controls), every count labelled
+        ticks = sorted({int(r) for r in reps})
+        for ax in (a1, a2):
+            ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+            ax.set_xticks(ticks)
+            ax.set_xticklabels(["0\ncontrols" if t == 0 else str(t) for t in ticks], fontsize=8)
+            ax.minorticks_off()
+            ax.set_xlim(-0.3 if 0 in ticks else 0.7, max(ticks) * 1.4 if ticks else 1)
+            ax.set_xlabel("copies in the training data")
         out.append(("Canaries: exposure and extraction vs repetition", _png(fig)))
     return out
 
@@ -468,6 +500,9 @@ th{background:#f5f5f5} td.l,th.l{text-align:left} .muted{color:#777;font-size:.8
 figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85rem;color:#555}
 pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.75rem;max-height:24rem}
 #plot-warning{display:none;color:#c62828;font-weight:bold}
+.warn{background:#fff3e0;border-left:4px solid #ef6c00;padding:.4rem .8rem;margin:.6rem 0;font-size:.9rem}
+td span.l{display:block;text-align:left;max-width:34rem;font-size:.8rem;color:#444} .lead{font-size:1rem}
+details summary{cursor:pointer;font-size:.9rem;color:#1565c0}
 """
 
 # Once the page has loaded, records how many embedded plots decoded and shows a warning if any
@@ -514,6 +549,74 @@ def _model_name(report: dict) -> str:
     return str(model) if model else "(not recorded)"
 
 
+_VECTOR_TEXT = {
+    "detection": "Perplexity detection: are training sequences (and planted canaries) unusually familiar to the "
+                 "model? A threshold flags sequences less perplexing than all but 1 % of never-seen ones; the "
+                 "risk is the fraction of training sequences flagged minus that false-alarm rate.",
+    "extraction": "Canary extraction: can the secret be read back from the model, by decoding from its prefix or "
+                  "by ranking it among all possible secrets (exposure)? The risk is the larger of the fraction "
+                  "extracted exactly and the mean exposure as a fraction of its maximum.",
+    "mia": "Membership inference: can an attacker tell, sequence by sequence, which were in the training data? "
+           "The risk is the best attack's true-positive rate at 1 % false positives, or its advantage "
+           "(TPR − FPR at its best threshold), whichever is larger.",
+}
+
+
+def _conf(report: dict) -> str:
+    c = (report["risk"].get("ci") or {}).get("confidence", report["config"].get("confidence", 0.95))
+    return f"{c:.0%}"
+
+
+def _headline_text(report: dict) -> str:
+    risk = report["risk"]
+    ci = risk.get("worst_case_ci")
+    interval = (f" ({_conf(report)} interval {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+    return (f"<p class='lead'>The headline is the <b>worst case</b> over the attacks that were run: an adversary "
+            f"uses whichever works best. Here that is <b>{html.escape(risk['worst_vector'])}</b>, at "
+            f"{risk['worst_case']:.3f}{interval}, which is <b>{html.escape(risk['band'])}</b> risk.</p>")
+
+
+def _warnings_html(risk: dict) -> list[str]:
+    w = risk.get("warnings") or []
+    if not w:
+        return []
+    items = "".join(f"<li>{html.escape(x)}</li>" for x in w)
+    return [f"<div class='warn'><b>Too small a sample to rank models:</b><ul>{items}</ul></div>"]
+
+
+def _leaked(report: dict) -> list[dict]:
+    """Planted canaries that leaked: extracted, or ranked in the top half of the normalised exposure."""
+    out = [c for c in report["canaries"] if c["repetitions"] > 0 and
+           (c["extracted"] or c["exposure"] >= 0.5 * c["log2_candidates"])]
+    return sorted(out, key=lambda c: (-c["exposure"], c["id"]))
+
+
+def _next_steps_html(report: dict) -> list[str]:
+    risk = report["risk"]
+    leaked = _leaked(report)
+    parts = ["<h2>What to do next</h2>"]
+    if leaked:
+        names = ", ".join(f"{html.escape(c['id'])} ({c['repetitions']}×, {c['exposure']:.1f} bits"
+                          + (", extracted" if c["extracted"] else "") + ")" for c in leaked[:12])
+        more = f" and {len(leaked) - 12} more" if len(leaked) > 12 else ""
+        parts.append(f"<p><b>{len(leaked)} planted canaries leaked</b> (extracted, or exposure above half its "
+                     f"maximum): {names}{more}. Sequences repeated as often in the real training data are at "
+                     "the same risk.</p>")
+    elif report["canaries"]:
+        parts.append("<p>No planted canary was extracted or ranked in the top half of its candidates.</p>")
+    if risk["band"] == "low":
+        parts.append("<p>The risk is low on this sample. Keep the audit with the model's release notes, and "
+                     "re-audit after further fine-tuning.</p>")
+    else:
+        parts.append("<p>What typically reduces memorization, roughly from cheapest to strongest: "
+                     "<b>deduplicate</b> the training data (repeated sequences are what leaks first); train "
+                     "<b>fewer epochs</b> or stop at the best validation loss; fine-tune with <b>LoRA</b> "
+                     "instead of all weights; train with <b>differential privacy</b> (DP-SGD) for a formal "
+                     "bound. Then <b>re-audit</b> with the same canaries, controls and seed, and compare the "
+                     "intervals, not only the headline.</p>")
+    return parts
+
+
 def render_html(report: dict) -> str:
     """One self-contained HTML page (no external resources) from a report dict."""
     risk = report["risk"]
@@ -532,11 +635,18 @@ def render_html(report: dict) -> str:
         f"<div class='headline' style='background:{colour}'>worst-case risk {risk['worst_case']:.3f} — "
         f"{html.escape(risk['band'].upper())} (set by {html.escape(risk['worst_vector'])})</div>",
         "<div id='plot-warning'>Some plots failed to render.</div>",
+        _headline_text(report),
+        *_warnings_html(risk),
         "<h2>Risk by attack vector</h2>",
-        _table(["vector", "risk", "band", "set by"],
-               [[html.escape(k), _fmt(v), R.band(v), _fmt(risk["sources"].get(k, ""))]
-                for k, v in risk["vectors"].items()]),
-        "<p class='muted'>Bands: low &lt; 0.1 ≤ medium &lt; 0.3 ≤ high. Formulas: docs/report-schema.md.</p>",
+        _table(["vector", "risk", f"{_conf(report)} interval", "band", "set by", "what it measured"],
+               [[html.escape(k), _fmt(v), _ci((risk.get("vectors_ci") or {}).get(k)), R.band(v),
+                 _fmt(risk["sources"].get(k, "")), f"<span class='l'>{_VECTOR_TEXT[k]}</span>"]
+                for k, v in risk["vectors"].items()], left=1),
+        "<p class='muted'>Each vector is a number in [0, 1]: 0 means the attack did no better than guessing, 1 "
+        "that it recovered every training sequence or secret it was aimed at. Bands: low &lt; 0.1 ≤ medium &lt; "
+        "0.3 ≤ high. Intervals: " + html.escape((risk.get("ci") or {}).get("method", "not computed")) +
+        ". Exact formulas: docs/report-schema.md.</p>",
+        *_next_steps_html(report),
     ]
     mia = report.get("mia")
     if mia:
@@ -556,7 +666,12 @@ def render_html(report: dict) -> str:
         if eps:
             parts.append(f"<p>Empirical ε lower bound ({html.escape(eps['method'])}, attack "
                          f"{html.escape(eps['attack'])}, δ = {eps['delta']:g}, confidence {eps['confidence']:.2f}): "
-                         f"<b>ε ≥ {eps['epsilon']:.3f}</b></p>")
+                         f"<b>ε ≥ {eps['epsilon']:.3f}</b></p>"
+                         "<p class='muted'>What this means: if this model had been trained with differential "
+                         "privacy, its ε would have to be at least this large for the strongest attack to succeed "
+                         "as often as it did (with the stated confidence). ε ≥ 0.000 means the attacks found no "
+                         "statistically significant evidence of membership leakage at this sample size; it does "
+                         "not prove the model private.</p>")
         one = mia.get("one_run_epsilon")
         if one:
             parts.append(f"<p>One-run audit (Steinke et al. 2023): <b>ε ≥ {one['epsilon']:.3f}</b> "
@@ -599,16 +714,33 @@ def render_html(report: dict) -> str:
             parts += [f"<p>Planted canaries by repetition count (against {html.escape(cd['null'])}):</p>",
                       _table(["repetitions", "n", "TPR", "mean z", "median p", "TPR (reference ratio)"], rows)]
     if report["canaries"]:
+        ext = report.get("extraction") or {}
+        by = ext.get("by_repetition") or []
+        parts += ["<h2>Canaries</h2>",
+                  "<p>Each canary is a random prefix followed by a random secret, planted the given number of "
+                  "times in the training data (0: a control, never planted). <b>Exposure</b> (bits) says how "
+                  "high the model ranks the true secret among all |R| possible secrets: log2 |R| for a secret "
+                  "ranked first, about 1 for one ranked in the middle. <b>Extracted</b>: greedy or beam-search "
+                  "decoding from the prefix produced the secret exactly.</p>"]
+        if by:
+            parts.append(_table(["repetitions", "canaries", "mean exposure (bits)", "mean exposure / log2 |R|",
+                                 "extracted"],
+                                [["0 (controls)" if r["repetitions"] == 0 else str(r["repetitions"]), str(r["n"]),
+                                  _fmt(r["exposure_mean"], 2), _fmt(r["normalised_exposure_mean"]),
+                                  _fmt(r["extracted_mean"])] for r in by]))
         rows = []
-        for c in report["canaries"]:
+        for c in sorted(report["canaries"], key=lambda c: (-c["repetitions"], -c["exposure"], c["id"])):
+            interval = "exact" if c["exposure_method"] == "exact" else _ci(c["exposure_ci"], 2)
             row = [html.escape(c["id"]), str(c["repetitions"]),
-                   _fmt(c["exposure"], 2), _ci(c["exposure_ci"], 2), _fmt(c["log2_candidates"], 1),
+                   _fmt(c["exposure"], 2), interval, _fmt(c["log2_candidates"], 1),
                    html.escape(c["exposure_method"]), _fmt(c["extracted"])]
             if report["reveal"]:
                 row.append(f"<code>{html.escape(c.get('secret', ''))}</code>")
             rows.append(row)
-        head = ["canary", "repetitions", "exposure", "CI", "log2 |R|", "method", "extracted"]
-        parts += ["<h2>Canaries</h2>", _table(head + (["secret"] if report["reveal"] else []), rows, left=1)]
+        head = ["canary", "repetitions", "exposure", "interval", "log2 |R|", "method", "extracted"]
+        table = _table(head + (["secret"] if report["reveal"] else []), rows, left=1)
+        parts.append(f"<details{' open' if len(rows) <= 20 else ''}><summary>every canary ({len(rows)}, most "
+                     f"repeated and most exposed first)</summary>{table}</details>")
     parts.append("<h2>Plots</h2>")
     for title, b64 in _plots(report):
         parts.append(f"<figure><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
@@ -658,10 +790,13 @@ def summary_table(report: dict):
     from rich.table import Table
 
     risk = report["risk"]
-    t = Table(title=f"glmjax audit — worst-case risk {risk['worst_case']:.3f} "
-                    f"({risk['band'].upper()}, set by {risk['worst_vector']})")
+    ci = risk.get("worst_case_ci")
+    t = Table(title=f"glmjax audit — worst-case risk {risk['worst_case']:.3f}"
+                    + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                    + f" ({risk['band'].upper()}, set by {risk['worst_vector']})")
     t.add_column("vector")
     t.add_column("risk", justify="right")
+    t.add_column("interval", justify="right")
     t.add_column("band")
     t.add_column("headline")
     for k, v in risk["vectors"].items():
@@ -678,7 +813,8 @@ def summary_table(report: dict):
             src = risk["sources"].get(k, "")
             d = det.get("canaries") if src.endswith(":canaries") else det.get("windows")
             head = f"{src} @ FPR {det['fpr_target']:g}" + (f" vs {d['null']}" if d else "")
-        t.add_row(k, f"{v:.3f}", R.band(v), head)
+        vci = (risk.get("vectors_ci") or {}).get(k)
+        t.add_row(k, f"{v:.3f}", f"[{vci[0]:.3f}, {vci[1]:.3f}]" if vci else "–", R.band(v), head)
     return t
 
 
@@ -686,4 +822,7 @@ def print_summary(report: dict, console=None) -> None:
     """Print :func:`summary_table` (to ``console`` or a new rich Console)."""
     from rich.console import Console
 
-    (console or Console()).print(summary_table(report))
+    console = console or Console()
+    console.print(summary_table(report))
+    for w in report["risk"].get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {w}", markup=True, highlight=False)

@@ -102,6 +102,21 @@ def _validate_risk(r: dict) -> None:
         _fail("risk.band", f"{b!r} does not match worst_case {wc} (expected {want!r})")
     wv = _get(r, "worst_vector", "risk")
     _str(wv, "risk.worst_vector", choices=tuple(vectors))
+    intervals = {"worst_case_ci": r.get("worst_case_ci")}
+    intervals.update({f"vectors_ci.{k}": v for k, v in (r.get("vectors_ci") or {}).items()})
+    for key, ci in intervals.items():
+        if ci is None:
+            continue
+        if not isinstance(ci, list) or len(ci) != 2:
+            _fail(f"risk.{key}", "must be [low, high]")
+        _num(ci[0], f"risk.{key}[0]", 0.0, 1.0)
+        _num(ci[1], f"risk.{key}[1]", ci[0], 1.0)
+    for k in r.get("vectors_ci") or {}:
+        if k not in vectors:
+            _fail(f"risk.vectors_ci.{k}", "names a vector that was not run")
+    warnings = r.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        _fail("risk.warnings", "must be a list of strings")
 
 
 def _validate_canary(c: Any, i: int, reveal: bool) -> None:
