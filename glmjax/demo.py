@@ -164,6 +164,7 @@ def run_demo(out: str | Path = "glmjax-demo", families: tuple[str, ...] = ("llam
         rep = res.report
         by_rep = _exposure_by_repetition(rep)
         summary["models"][name] = {"risk": rep["risk"]["worst_case"], "band": rep["risk"]["band"],
+                                   "risk_ci": rep["risk"].get("worst_case_ci"),
                                    "vectors": rep["risk"]["vectors"], "worst_vector": rep["risk"]["worst_vector"],
                                    "exposure_by_repetition": by_rep,
                                    "report": str(Path("audits") / name / "report.html")}
@@ -197,10 +198,11 @@ def render_index(summary: dict) -> str:
         exp = m["exposure_by_repetition"]
         rows.append([f"<a href='{html.escape(m['report'])}'>{html.escape(name)}</a>"
                      + (" <b>(headline)</b>" if name == head["model"] else ""),
-                     f"{m['risk']:.3f}", html.escape(m["band"]), html.escape(m["worst_vector"]),
+                     f"{m['risk']:.3f}", _interval(m.get("risk_ci")), html.escape(m["band"]),
+                     html.escape(m["worst_vector"]),
                      *[f"{v[k]:.3f}" if k in v else "–" for k in ("detection", "extraction", "mia")],
                      *[f"{exp[r]:.1f}" if r in exp else "–" for r in reps]])
-    table = _table(["model", "risk", "band", "set by", "detection", "extraction", "MIA",
+    table = _table(["model", "risk", "interval", "band", "set by", "detection", "extraction", "MIA",
                     *[f"exposure {r}x" if r != "0" else "exposure, controls" for r in reps]], rows)
     return "".join([
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -215,9 +217,16 @@ def render_index(summary: dict) -> str:
         "the mean over its canaries in bits (the controls were never planted: their exposure is chance). "
         "Follow a model's name for its full report.</p>",
         table,
+        "<p class='muted'>Intervals: bootstrap over windows, canaries and controls. Models whose intervals "
+        "overlap are not ranked by this audit: the demo's small canary set (a few per repetition count) is "
+        "meant to show the workflow, not to tell LoRA from full fine-tuning.</p>",
         f"<p class='muted'>seed {summary['seed']}{' · quick profile' if summary['quick'] else ''} · "
         f"{summary['seconds']:.0f} s · report.json is the headline model's report</p>",
         "</body></html>"])
+
+
+def _interval(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
 
 
 def _exposure_by_repetition(report: dict) -> dict[str, float]:

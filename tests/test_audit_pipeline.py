@@ -261,6 +261,8 @@ def test_demo_runs_end_to_end_on_bundled_genomes(tmp_path, monkeypatch):
     for m in s["models"].values():
         assert f"href='{m['report']}'" in index and (out / m["report"]).exists()
         assert f"{m['risk']:.3f}" in index
+        lo, hi = m["risk_ci"]  # the bootstrap interval of the worst case is shown next to it
+        assert 0.0 <= lo <= hi <= 1.0 and f"[{lo:.3f}, {hi:.3f}]" in index
     assert f"for <b>{s['headline']['model']}</b>" in index and "(headline)" in index
     top = json.loads((out / "report.json").read_text())
     assert top["risk"]["worst_case"] == s["headline"]["risk"] == max(m["risk"] for m in s["models"].values())
