@@ -171,3 +171,6 @@ def test_sample_warnings():
     assert "repetition count(s) 1:" in w[1]
     assert "cannot be ranked" in w[2]
     assert R.sample_warnings(200, {0: 200, 1: 20}, [0.3, 0.35], True) == []
+    assert R.sample_warnings(200, {0: 200, 1: 20}, [0.3, 0.35], True, worst_case=0.3) == []
+    (below,) = R.sample_warnings(200, {0: 200, 1: 20}, [0.3, 0.35], True, worst_case=0.25)
+    assert "0.250 lies below its interval" in below

@@ -325,7 +325,7 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
     risk["warnings"] = R.sample_warnings(
         int(sum(r == 0 for r in reps)) if result.canaries else None,
         {int(r): reps.count(r) for r in set(reps)}, risk["worst_case_ci"],
-        canary_det is not None and canary_det.null == NULL_CONTROLS)
+        canary_det is not None and canary_det.null == NULL_CONTROLS, risk["worst_case"])
     hist = _histograms({"members": result.member_log_ppl, "nonmembers": result.nonmember_log_ppl,
                         "canaries": can_ppl})
     report = {

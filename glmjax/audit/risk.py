@@ -353,7 +353,8 @@ def bootstrap_risk(inputs: RiskInputs, n_bootstrap: int, seed: int = 0, confiden
 
 
 def sample_warnings(n_controls: int | None, canaries_per_repetition: Mapping[int, int],
-                    worst_case_ci: Sequence[float] | None, canary_detection_run: bool) -> list[str]:
+                    worst_case_ci: Sequence[float] | None, canary_detection_run: bool,
+                    worst_case: float | None = None) -> list[str]:
     """Plain-language warnings when the audit's samples are too small to rank models."""
     out = []
     if canary_detection_run and n_controls is not None and n_controls < MIN_CONTROLS:
@@ -371,4 +372,9 @@ def sample_warnings(n_controls: int | None, canaries_per_repetition: Mapping[int
                    f"[{worst_case_ci[0]:.3f}, {worst_case_ci[1]:.3f}] is wider than {MAX_RANKABLE_CI_WIDTH}: "
                    "models whose intervals overlap cannot be ranked by this audit; use more canaries, controls "
                    "and windows")
+    if worst_case is not None and worst_case_ci is not None and worst_case < worst_case_ci[0]:
+        out.append(f"the worst-case risk {worst_case:.3f} lies below its interval: several attacks of similar "
+                   "strength compete for the maximum, and on a small sample each resample's maximum picks the "
+                   "luckiest one; read the interval as how high the risk may plausibly be and audit with more "
+                   "windows and canaries")
     return out
