@@ -534,6 +534,10 @@ class TableReader:
             return ds.asstr()[start:stop]
         return ds[start:stop]
 
+    def columns(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Several row columns at once, by name (all by default)."""
+        return {n: self.column(n) for n in (names or self.column_names)}
+
     def offsets(self, name: str) -> np.ndarray:
         if name not in self._offsets:
             self._offsets[name] = self.f["ragged"][name]["offsets"][: self.n + 1]

@@ -393,3 +393,25 @@ def test_family_gpu_compiler_options_apply_on_gpu_only(monkeypatch):
     assert runner.compiler_options(spec, "cpu") == {"xla_gpu_enable_triton_gemm": True, "a": 1}
     assert runner.compiler_options(spec, "gpu")["xla_gpu_enable_triton_gemm"] is True
     assert runner.compiler_options(gm.get_family("llama"), "gpu") == {"xla_gpu_enable_triton_gemm": True, "a": 1}
+
+
+def test_score_sequences_in_memory_matches_reference(llama):
+    """A list of strings (or code arrays) scores to the float64 reference, in input order."""
+    from glmjax.engine.runner import score_sequences
+
+    seqs = random_seqs(5, 0, 0, seed=3, lengths=(19, 27, 8))
+    strs = [alphabet.decode(s) for s in seqs]
+    cols = score_sequences(llama, [strs[0], seqs[1], strs[2].lower(), *strs[3:]], ids=list("abcde"),
+                           per_token=True)
+    assert list(cols["id"]) == list("abcde")
+    np.testing.assert_array_equal(cols["n_nucleotides"], [s.size for s in seqs])
+    for i, r in enumerate(reference_causal(llama, seqs)):
+        for k, v in r.items():
+            np.testing.assert_allclose(cols[k][i], v, rtol=1e-5, atol=1e-5, err_msg=k)
+        assert cols["tokens"]["token_logp"][i].shape == (int(cols["n_tokens"][i]),)
+    with pytest.raises(SequenceError, match="0..4"):
+        score_sequences(llama, [np.array([0, 7], np.uint8)])
+    with pytest.raises(SequenceError, match="not a nucleotide"):
+        score_sequences(llama, ["ACGZ"])
+    with pytest.raises(ConfigError, match="not one string"):
+        score_sequences(llama, "ACGT")

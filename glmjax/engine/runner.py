@@ -624,6 +624,64 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         source.close()
 
 
+
+def score_sequences(model, sequences, ids=None, *, pll: str | None = None, seed: int = 0,
+                    per_token: bool = False, window: int | None = None, batch_tokens: int | None = None,
+                    devices=None, label: str = "scoring") -> dict[str, Any]:
+    """Score an in-memory list of sequences; returns the ScoreStore columns as arrays.
+
+    The sequences go through :func:`score` (the same batching, statistics and checks) via a
+    private temporary store that is removed afterwards.
+
+    Args:
+      model: a :class:`glmjax.models.base.LoadedModel`.
+      sequences: DNA strings (ACGTN, any case) or uint8 code arrays (0..4).
+      ids: one id per sequence (default ``seq0``, ``seq1``, ...).
+      pll, seed, per_token, window, batch_tokens, devices, label: as for :func:`score`.
+
+    Returns:
+      ``{column: array [N]}`` for every ScoreStore row column (``id``, ``n_tokens``,
+      ``sum_logp``, ``mean_logp``, ``mink_<p>``, ...), rows in input order; with ``per_token``
+      also ``"tokens": {name: [array per sequence]}`` for every per-token column.
+    """
+    import tempfile
+
+    from glmjax.alphabet import encode
+    from glmjax.data.store import Record, SequenceStoreWriter
+    from glmjax.engine.scorestore import ScoreStore
+
+    if isinstance(sequences, (str, bytes)):
+        raise ConfigError("sequences must be a list of sequences, not one string")
+    sequences = list(sequences)
+    if not sequences:
+        raise ConfigError("no sequences to score")
+    ids = [f"seq{i}" for i in range(len(sequences))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(sequences):
+        raise ConfigError(f"{len(ids)} ids for {len(sequences)} sequences")
+    records = []
+    for name, seq in zip(ids, sequences, strict=True):
+        if isinstance(seq, np.ndarray):
+            if seq.ndim != 1 or seq.size and (seq.min() < 0 or seq.max() > 4):
+                raise SequenceError(f"{name}: code arrays must be 1-D with values 0..4 (A C G T N)")
+            codes = seq.astype(np.uint8)
+        else:
+            codes = encode(seq, record=name)
+        if codes.size == 0:
+            raise SequenceError(f"{name}: empty sequence")
+        records.append(Record(id=name, codes=codes, kind="query"))
+    with tempfile.TemporaryDirectory(prefix="glmjax-sequences-") as work:
+        store, out = Path(work) / "input.h5", Path(work) / "scores.h5"
+        with SequenceStoreWriter(store) as w:
+            w.add(records)
+        score(model, store, out, pll=pll, seed=seed, per_token=per_token, window=window,
+              batch_tokens=batch_tokens, devices=devices, label=label, resume=False)
+        with ScoreStore(out) as s:
+            result: dict[str, Any] = s.columns()
+            if per_token:
+                result["tokens"] = {name: s.ragged_rows(name) for name in TOKEN_COLUMNS}
+    return result
+
+
 _STOP = object()
 
 

@@ -158,10 +158,6 @@ class ScoreStore(TableReader):
             raise StoreError(f"{self.path} has no per-token values; score with --per-token")
         return self.ragged_row(key, i)
 
-    def columns(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Several row columns at once (all by default)."""
-        return {n: self.column(n) for n in (names or list(ROW_COLUMNS))}
-
     def identity(self) -> dict[str, Any]:
         """What must agree for two stores to be merged or compared."""
         model = self.provenance.get("model", {}) or {}
