@@ -262,3 +262,111 @@ def test_rmia_one_million_by_ten_thousand():
     lz = mia.rmia_ratio(tz, rz)
     pairwise = ((lx[:, None] - lz[None, :]) >= math.log(1.3)).mean(axis=1)
     np.testing.assert_array_equal(got[idx], pairwise)
+
+
+def tf_privacy_lira(target, shadow, inc, option, fix_variance, centre):
+    """LiRA as TF Privacy's compute_score_lira / compute_score_offset define it, one example at a
+    time from per-example lists (NaN-aware, ragged), with its sign (lower = member) flipped."""
+    n = target.size
+    stat_in = [shadow[inc[:, i], i] for i in range(n)]
+    stat_out = [shadow[~inc[:, i], i] for i in range(n)]
+    avg = np.nanmedian if centre == "median" else np.nanmean
+
+    def centres(stats):
+        c = np.array([avg(v) if np.isfinite(v).any() else np.nan for v in stats])
+        return np.where(np.isnan(c), np.nanmean(c), c)
+
+    def stds(stats, c):
+        if fix_variance:
+            devs = [x - ci for v, ci in zip(stats, c, strict=True) for x in v if not np.isnan(x)]
+            return np.full(n, np.std(devs))
+        sd = np.array([np.nanstd(v) if np.isfinite(v).any() else np.nan for v in stats])
+        return np.where(np.isnan(sd), np.nanmean(sd), sd)
+
+    c_in, c_out = centres(stat_in), centres(stat_out)
+    if option == "offset":
+        return target - (c_in + c_out) / 2
+    sd_in, sd_out = stds(stat_in, c_in), stds(stat_out, c_out)
+    lp_in = np.array([stats.norm.logpdf(target[i], c_in[i], sd_in[i] + 1e-30) for i in range(n)])
+    lp_out = np.array([stats.norm.logpdf(target[i], c_out[i], sd_out[i] + 1e-30) for i in range(n)])
+    return {"both": lp_in - lp_out, "in": lp_in, "out": -lp_out}[option]
+
+
+@pytest.mark.parametrize("centre", ["mean", "median"])
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("variant,option", [("online", "both"), ("in", "in"), ("out", "out"), ("offset", "offset")])
+def test_lira_reference_convention_matches_tf_privacy(variant, option, fixed, centre):
+    member, target, shadow, inc = _lira_data(8)
+    shadow = shadow.copy()
+    shadow[2, 5] = shadow[7, 9] = np.nan  # a shadow model that did not score an example
+    inc[:, 10] = False
+    inc[0, 10] = True  # one IN model only (its σ is 0, as in the reference)
+    got = mia.lira(target, shadow, inc, variant=variant, fixed_variance=fixed, logit=False, variance="reference",
+                   centre=centre, chunk=7)
+    want = tf_privacy_lira(target, shadow, inc, option, fixed, centre)
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(np.isfinite(got), ok)
+    if variant in ("online", "offset"):
+        assert M.roc_auc(member, got) > 0.85
+
+
+def test_lira_ignores_nan_shadow_scores_and_rejects_nan_targets():
+    member, target, shadow, inc = _lira_data(9)
+    holes = shadow.copy()
+    holes[0, 4] = np.nan
+    got = mia.lira(target, holes, inc)
+    assert np.isfinite(got).all()
+    # a NaN score is the same as that shadow model not having scored the example: example 4's own
+    # fit is the fit without model 0 (it keeps >= 2 IN and >= 2 OUT scores)
+    others = np.arange(1, shadow.shape[0])
+    assert inc[others, 4].sum() >= 2 and (~inc[others, 4]).sum() >= 2
+    without = mia.lira(target, shadow[others], inc[others])
+    assert got[4] == pytest.approx(without[4], rel=1e-12)
+    # the other examples keep their own fits; only those on the pooled σ (< 2 scores on a side) move
+    base = mia.lira(target, shadow, inc)
+    own = (inc.sum(0) >= 2) & ((~inc).sum(0) >= 2)
+    own[4] = False
+    np.testing.assert_array_equal(got[own], base[own])
+    assert got[4] != base[4]
+    bad = target.copy()
+    bad[3] = np.nan
+    with pytest.raises(ConfigError, match="NaN"):
+        mia.lira(bad, shadow, inc)
+    with pytest.raises(ConfigError, match="unknown LiRA variant"):
+        mia.lira(target, shadow, inc, variant="both")
+
+
+def test_logit_confidence_is_exact_for_large_margins():
+    margins = np.array([1.0, 10.0, 27.6, 30.0, 100.0, 400.0, 700.0])
+    logp = -np.log1p(np.exp(-margins))  # log sigmoid(m), exact in float64
+    np.testing.assert_allclose(mia.logit_confidence(logp), margins, rtol=1e-12)
+    assert mia.logit_confidence(np.array([0.0]))[0] == pytest.approx(744.44, abs=0.01)  # p rounded to 1
+    assert mia.logit_confidence(np.array([-math.log(2.0)]))[0] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_rmia_trimmed_mean_and_single_reference_inversion():
+    """p(x) as scipy.stats.trim_mean over the reference models; with one reference model that
+    trained on x, its probability inverted to an OUT one (p + a - 1) / a before the offline rule."""
+    rng = np.random.default_rng(11)
+    n, z, r = 40, 50, 6
+    tx, tz = rng.uniform(-2.0, -0.05, n), rng.uniform(-2.0, -0.05, z)
+    rx, rz = rng.uniform(-2.0, -0.05, (r, n)), rng.uniform(-2.0, -0.05, (r, z))
+    for trim in (0.0, 0.2, 0.34):
+        want = np.log(np.exp(tx) / stats.trim_mean(np.exp(rx), trim, axis=0))
+        np.testing.assert_allclose(mia.rmia_ratio(tx, rx, trim=trim), want, rtol=1e-12)
+        lx = np.exp(tx) / stats.trim_mean(np.exp(rx), trim, axis=0)
+        lz = np.exp(tz) / stats.trim_mean(np.exp(rz), trim, axis=0)
+        ref = np.array([np.mean([lx[i] / lz[j] >= 1.0 for j in range(z)]) for i in range(n)])
+        np.testing.assert_array_equal(mia.rmia(tx, rx, tz, rz, trim=trim), ref)
+    a = 0.3
+    one, inn = rx[:1], rng.random((1, n)) < 0.5
+    got = mia.rmia_ratio(tx, one, offline_a=a, reference_in=inn)
+    p = np.exp(one[0])
+    p_out = np.where(inn[0], np.clip((p + a - 1) / a, np.nextafter(0, 1), 1.0), p)
+    np.testing.assert_allclose(got, tx - np.log(((1 + a) * p_out + (1 - a)) / 2), rtol=1e-12)
+    assert not np.allclose(got, mia.rmia_ratio(tx, one, offline_a=a))  # the inversion changed the IN rows
+    with pytest.raises(ConfigError, match="exactly one reference model"):
+        mia.rmia_ratio(tx, rx, offline_a=a, reference_in=np.ones_like(rx, bool))
+    with pytest.raises(ConfigError, match="trim"):
+        mia.rmia_ratio(tx, rx, trim=0.5)

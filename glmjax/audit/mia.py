@@ -32,6 +32,7 @@ of reference or shadow models scored in the same mode.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -269,60 +270,126 @@ def point_mutation_neighbours(codes: np.ndarray, n: int, rate: float, seed: int)
 # ------------------------------------------------------------------ LiRA
 
 
-def logit_confidence(logp: np.ndarray) -> np.ndarray:
-    """Logit scaling of a probability given as log p: log p - log(1 - p), stable, float64.
+SMALLEST_GAP = float(np.nextafter(0.0, 1.0))  # the smallest positive float64 (4.9e-324)
+LIRA_VARIANTS = ("online", "offline", "in", "out", "offset")
+LIRA_VARIANCES = ("unbiased", "reference")
 
-    Values at p = 1 are clipped to log p = -1e-12 so the result stays finite.
+
+def logit_confidence(logp: np.ndarray) -> np.ndarray:
+    """Exact log-odds of a probability given as log p: log p - log(1 - p), float64.
+
+    ``log(1 - p)`` is computed as ``log(-expm1(log p))``, exact to rounding for every log p < 0, so
+    margins up to 744 (log p down to -5e-324) are represented. A log p of exactly 0 (p rounded to 1
+    in the model's precision) is read as the smallest representable gap, log p = -4.9e-324, which
+    gives the largest finite log-odds, 744.4.
     """
-    lp = np.minimum(np.asarray(logp, dtype=np.float64), -1e-12)
+    lp = np.minimum(np.asarray(logp, dtype=np.float64), -SMALLEST_GAP)
     return lp - np.log(-np.expm1(lp))
 
 
-def _shadow_moments(shadow: np.ndarray, inclusion: np.ndarray, chunk: int, logit: bool):
-    """Per-example counts, means and sums of squared deviations of the IN and OUT shadow scores
-    (logit-scaled first when ``logit``), computed over chunks of examples."""
+def _shadow_moments(shadow: np.ndarray, inclusion: np.ndarray, chunk: int, logit: bool, median: bool):
+    """Per-example counts, means, medians (when asked) and sums of squared deviations from the
+    mean of the IN and OUT shadow scores (logit-scaled first when ``logit``), over chunks of
+    examples. NaN shadow scores are left out, as if that shadow model had not scored the example."""
     m, n = shadow.shape
-    out = {k: np.empty(n) for k in ("n_in", "n_out", "mu_in", "mu_out", "ss_in", "ss_out")}
+    keys = ["n_in", "n_out", "mu_in", "mu_out", "ss_in", "ss_out"] + (["med_in", "med_out"] if median else [])
+    out = {k: np.empty(n) for k in keys}
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         s = np.asarray(shadow[:, lo:hi], dtype=np.float64)
         if logit:
             s = logit_confidence(s)
         inc = np.asarray(inclusion[:, lo:hi], dtype=bool)
-        for side, w in (("in", inc), ("out", ~inc)):
+        seen = ~np.isnan(s)
+        s0 = np.where(seen, s, 0.0)
+        for side, w in (("in", inc & seen), ("out", ~inc & seen)):
             cnt = w.sum(axis=0).astype(np.float64)
-            mu = np.where(cnt > 0, (s * w).sum(axis=0) / np.maximum(cnt, 1), np.nan)
-            ss = (((s - np.nan_to_num(mu)) ** 2) * w).sum(axis=0)
+            mu = np.where(cnt > 0, (s0 * w).sum(axis=0) / np.maximum(cnt, 1), np.nan)
             out[f"n_{side}"][lo:hi] = cnt
             out[f"mu_{side}"][lo:hi] = mu
-            out[f"ss_{side}"][lo:hi] = ss
+            out[f"ss_{side}"][lo:hi] = (((s0 - np.nan_to_num(mu)) ** 2) * w).sum(axis=0)
+            if median:
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN, filled later
+                    out[f"med_{side}"][lo:hi] = np.nanmedian(np.where(w, s, np.nan), axis=0)
     return out
 
 
+def _fixed_sd_reference(shadow, inclusion, centre_in, centre_out, chunk: int, logit: bool) -> tuple[float, float]:
+    """TF Privacy's fixed σ: the population standard deviation (ddof 0) of every shadow score's
+    deviation from its example's centre, pooled over examples, per side."""
+    acc = np.zeros((2, 3))  # side x (count, sum d, sum d^2)
+    for lo in range(0, shadow.shape[1], chunk):
+        hi = min(lo + chunk, shadow.shape[1])
+        s = np.asarray(shadow[:, lo:hi], dtype=np.float64)
+        if logit:
+            s = logit_confidence(s)
+        inc = np.asarray(inclusion[:, lo:hi], dtype=bool)
+        seen = ~np.isnan(s)
+        for j, (w, c) in enumerate(((inc & seen, centre_in[lo:hi]), (~inc & seen, centre_out[lo:hi]))):
+            d = np.where(w, s - c, 0.0)
+            acc[j] += (w.sum(), d.sum(), (d * d).sum())
+    sds = []
+    for cnt, s1, s2 in acc:
+        sds.append(math.sqrt(max(s2 / cnt - (s1 / cnt) ** 2, 0.0)) if cnt else math.nan)
+    return sds[0], sds[1]
+
+
+def _column_mean_fill(a: np.ndarray) -> np.ndarray:
+    """NaN entries replaced by the mean of the others (TF Privacy's fill for examples that lack a side)."""
+    bad = np.isnan(a)
+    if bad.all():
+        return a
+    return np.where(bad, a[~bad].mean(), a)
+
+
 def lira(target: np.ndarray, shadow: np.ndarray, inclusion: np.ndarray, *, online: bool = True,
-         fixed_variance: bool = False, logit: bool = True, chunk: int = 1_000_000,
-         min_std: float = 1e-6) -> np.ndarray:
+         variant: str | None = None, fixed_variance: bool = False, logit: bool = True,
+         variance: str = "unbiased", centre: str = "mean", offset_side: str = "both",
+         chunk: int = 1_000_000, min_std: float = 1e-6) -> np.ndarray:
     """LiRA membership scores (higher = member).
 
     Args:
       target: float [N] the target model's per-example statistic (a log-probability such as
-        ``mean_logp`` when ``logit``, else any confidence statistic).
-      shadow: float [M, N] the same statistic under M shadow models.
+        ``mean_logp`` when ``logit``, else any confidence statistic, higher = more confident).
+      shadow: float [M, N] the same statistic under M shadow models; NaN where a shadow model
+        did not score an example (left out of that example's fit).
       inclusion: bool [M, N], True where shadow model m trained on example n.
-      online: online (IN and OUT Gaussians, likelihood ratio) or offline (OUT only, one-sided).
-      fixed_variance: one pooled variance per side for all examples instead of per-example ones.
+      online: shorthand for ``variant="online"`` (True) or ``"offline"`` (False).
+      variant: ``online``: log N(x; μ_in, σ_in) - log N(x; μ_out, σ_out); ``offline``: the
+        one-sided (x - μ_out) / σ_out of Carlini et al.; ``in``: log N(x; μ_in, σ_in); ``out``:
+        -log N(x; μ_out, σ_out) (TF Privacy's ``option="out"``, two-sided); ``offset``:
+        x - offset, the offset μ_in, μ_out or their average (``offset_side`` in, out, both).
+      fixed_variance: one variance per side for all examples instead of per-example ones.
       logit: apply :func:`logit_confidence` to target and shadow statistics first.
+      variance: ``unbiased`` (default): per-example σ with ddof = 1, an example with fewer than 2
+        scores on a side takes the pooled σ = sqrt(Σ squared deviations / Σ (n - 1)), every σ
+        floored at ``min_std``; an example without IN (or OUT) scores takes the other side's
+        centre shifted by the mean IN - OUT difference of the examples that have both.
+        ``reference``: TF Privacy's ``compute_score_lira`` conventions: ``np.nanstd`` (ddof = 0)
+        per example, the fixed σ the ddof-0 deviation over all examples, σ + 1e-30, and a
+        missing centre or σ replaced by the mean over the examples that have one.
+      centre: ``mean`` or ``median`` of each example's IN / OUT scores (μ).
+      offset_side: for ``variant="offset"``.
       chunk: examples per chunk (bounds memory to ~ M * chunk * 24 bytes).
-      min_std: floor on standard deviations.
+      min_std: floor on standard deviations (``unbiased`` only).
 
     Returns:
       float64 [N].
 
-    Examples whose per-example variance rests on fewer than 2 shadow scores use the pooled one.
-    An example with no IN (or no OUT) shadow gets the other side's mean shifted by the average
-    IN-OUT mean difference over the examples that have both (offline designs where every shadow
-    is OUT for every example need no such fill-in).
+    Raises:
+      ConfigError: shapes disagree, a target score is NaN, or a side needed by the variant has
+        no score at all.
     """
+    variant = variant or ("online" if online else "offline")
+    if variant not in LIRA_VARIANTS:
+        raise ConfigError(f"unknown LiRA variant {variant!r}; choose one of {', '.join(LIRA_VARIANTS)}")
+    if variance not in LIRA_VARIANCES:
+        raise ConfigError(f"unknown LiRA variance convention {variance!r}; choose unbiased or reference")
+    if centre not in ("mean", "median"):
+        raise ConfigError(f"unknown LiRA centre {centre!r}; choose mean or median")
+    if offset_side not in ("both", "in", "out"):
+        raise ConfigError(f"unknown LiRA offset side {offset_side!r}; choose both, in or out")
     x = _f64(target, "target scores")
     shadow = np.asarray(shadow)
     inclusion = np.asarray(inclusion, dtype=bool)
@@ -333,38 +400,59 @@ def lira(target: np.ndarray, shadow: np.ndarray, inclusion: np.ndarray, *, onlin
         raise ConfigError("LiRA needs at least one shadow model")
     if logit:
         x = logit_confidence(x)
-    mom = _shadow_moments(shadow, inclusion, chunk, logit)
-    n_out, mu_out, ss_out = mom["n_out"], mom["mu_out"], mom["ss_out"]
-    dof_out = np.maximum(n_out - 1, 0).sum()
-    if dof_out <= 0:
-        raise ConfigError("LiRA needs at least 2 OUT shadow scores for some example to estimate a variance")
-    pooled_out = max(math.sqrt(ss_out.sum() / dof_out), min_std)
-    sd_out = (np.full_like(x, pooled_out) if fixed_variance
-              else np.where(n_out >= 2, np.sqrt(ss_out / np.maximum(n_out - 1, 1)), pooled_out))
-    sd_out = np.maximum(sd_out, min_std)
-    n_in, mu_in, ss_in = mom["n_in"], mom["mu_in"], mom["ss_in"]
-    if np.any(n_in == 0) or np.any(n_out == 0):
-        # Examples seen by every (or no) shadow model: borrow the other side's mean, shifted by
-        # the average IN-OUT difference of the examples that have both.
-        both = (n_in > 0) & (n_out > 0)
-        if not both.any():
-            if online or np.any(n_out == 0):
-                raise ConfigError("LiRA needs examples with both IN and OUT shadow scores to fill in "
-                                  f"{int(((n_in == 0) | (n_out == 0)).sum())} examples that lack one side")
+    need_in = variant in ("online", "in") or (variant == "offset" and offset_side != "out")
+    need_out = variant in ("online", "offline", "out") or (variant == "offset" and offset_side != "in")
+    mom = _shadow_moments(shadow, inclusion, chunk, logit, centre == "median")
+    n_in, n_out = mom["n_in"], mom["n_out"]
+    c_in, c_out = (mom["med_in"], mom["med_out"]) if centre == "median" else (mom["mu_in"], mom["mu_out"])
+    for side, cnt, needed in (("IN", n_in, need_in), ("OUT", n_out, need_out)):
+        if needed and not cnt.any():
+            raise ConfigError(f"LiRA ({variant}) needs {side} shadow scores, and no example has one")
+
+    if variance == "reference":
+        c_in, c_out = _column_mean_fill(c_in), _column_mean_fill(c_out)
+        if fixed_variance:
+            f_in, f_out = _fixed_sd_reference(shadow, inclusion, c_in, c_out, chunk, logit)
+            sd_in, sd_out = np.full_like(x, f_in), np.full_like(x, f_out)
         else:
-            shift = float((mu_in[both] - mu_out[both]).mean())
-            mu_in, mu_out = (np.where(n_in > 0, mu_in, mu_out + shift),
-                             np.where(n_out > 0, mu_out, mu_in - shift))
-    if not online:
-        return (x - mu_out) / sd_out
-    dof_in = np.maximum(n_in - 1, 0).sum()
-    if dof_in <= 0:
-        raise ConfigError("online LiRA needs at least 2 IN shadow scores for some example")
-    pooled_in = max(math.sqrt(ss_in.sum() / dof_in), min_std)
-    sd_in = (np.full_like(x, pooled_in) if fixed_variance
-             else np.where(n_in >= 2, np.sqrt(ss_in / np.maximum(n_in - 1, 1)), pooled_in))
-    sd_in = np.maximum(sd_in, min_std)
-    return _norm_logpdf(x, mu_in, sd_in) - _norm_logpdf(x, mu_out, sd_out)
+            def nanstd(ss, cnt):
+                return _column_mean_fill(np.where(cnt > 0, np.sqrt(ss / np.maximum(cnt, 1)), np.nan))
+
+            sd_in, sd_out = nanstd(mom["ss_in"], n_in), nanstd(mom["ss_out"], n_out)
+        sd_in, sd_out = sd_in + 1e-30, sd_out + 1e-30
+    else:
+        missing = (n_in == 0) | (n_out == 0)
+        if missing.any() and (need_in and (n_in == 0).any() or need_out and (n_out == 0).any()):
+            both = ~missing
+            if not both.any():
+                raise ConfigError("LiRA needs examples with both IN and OUT shadow scores to fill in "
+                                  f"{int(missing.sum())} examples that lack one side")
+            shift = float((c_in[both] - c_out[both]).mean())
+            c_in, c_out = (np.where(n_in > 0, c_in, c_out + shift), np.where(n_out > 0, c_out, c_in - shift))
+
+        def unbiased(ss, cnt, side):
+            dof = np.maximum(cnt - 1, 0).sum()
+            if dof <= 0:
+                raise ConfigError(f"LiRA ({variant}) needs at least 2 {side} shadow scores for some example "
+                                  "to estimate a variance")
+            pooled = max(math.sqrt(ss.sum() / dof), min_std)
+            sd = np.full_like(x, pooled) if fixed_variance else np.where(
+                cnt >= 2, np.sqrt(ss / np.maximum(cnt - 1, 1)), pooled)
+            return np.maximum(sd, min_std)
+
+        needs_sd = variant != "offset"
+        sd_in = unbiased(mom["ss_in"], n_in, "IN") if needs_sd and need_in else None
+        sd_out = unbiased(mom["ss_out"], n_out, "OUT") if needs_sd and need_out else None
+    if variant == "online":
+        return _norm_logpdf(x, c_in, sd_in) - _norm_logpdf(x, c_out, sd_out)
+    if variant == "offline":
+        return (x - c_out) / sd_out
+    if variant == "in":
+        return _norm_logpdf(x, c_in, sd_in)
+    if variant == "out":
+        return -_norm_logpdf(x, c_out, sd_out)
+    offset = {"in": c_in, "out": c_out, "both": None}[offset_side]
+    return x - ((c_in + c_out) / 2 if offset is None else offset)
 
 
 def _norm_logpdf(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -378,7 +466,8 @@ def _log_mean_exp(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return special.logsumexp(a, axis=axis) - math.log(a.shape[axis])
 
 
-def rmia_ratio(target_logp: np.ndarray, reference_logp: np.ndarray, offline_a: float | None = None) -> np.ndarray:
+def rmia_ratio(target_logp: np.ndarray, reference_logp: np.ndarray, offline_a: float | None = None,
+               trim: float = 0.0, reference_in: np.ndarray | None = None) -> np.ndarray:
     """log [p(x|θ) / p(x)] with p(x) the reference models' average probability.
 
     Args:
@@ -386,6 +475,13 @@ def rmia_ratio(target_logp: np.ndarray, reference_logp: np.ndarray, offline_a: f
       reference_logp: [R, N] the same under R reference models.
       offline_a: None for online references (IN and OUT: p(x) = mean); with OUT-only
         references, the offline approximation p(x) = ((1 + a) p_OUT(x) + (1 - a)) / 2, 0 <= a <= 1.
+      trim: ``proportiontocut`` of a trimmed mean over the reference models (as
+        ``scipy.stats.trim_mean``: int(trim * R) lowest and as many highest probabilities of each
+        example are left out), 0 <= trim < 0.5; 0 is the plain mean.
+      reference_in: bool [1, N], with a single reference model and ``offline_a``: True where the
+        reference model trained on x. Its IN probability is mapped back to an OUT one by
+        inverting p_IN = a p_OUT + 1 - a, p_OUT = (p_IN + a - 1) / a (ML Privacy Meter's
+        single-reference rule), clipped to [4.9e-324, 1] so p(x) stays a probability.
 
     Returns:
       float64 [N].
@@ -396,17 +492,30 @@ def rmia_ratio(target_logp: np.ndarray, reference_logp: np.ndarray, offline_a: f
         raise ConfigError(f"reference scores must be [R>=1, N={t.size}], got {ref.shape}")
     if np.any(t > 0) or np.any(ref > 0):
         raise ConfigError("RMIA needs log-probabilities (<= 0); pass e.g. mean_logp, not a loss")
+    if not 0.0 <= trim < 0.5:
+        raise ConfigError(f"RMIA trim (proportiontocut) must be in [0, 0.5), got {trim}")
+    if offline_a is not None and not 0.0 <= offline_a <= 1.0:
+        raise ConfigError(f"RMIA offline parameter a must be in [0, 1], got {offline_a}")
+    if reference_in is not None:
+        if not offline_a or ref.shape[0] != 1:
+            raise ConfigError("the single-reference IN -> OUT inversion needs exactly one reference model "
+                              "and an offline parameter a > 0")
+        inn = np.asarray(reference_in, bool).reshape(ref.shape)
+        p_out = np.clip((np.exp(ref) + offline_a - 1.0) / offline_a, SMALLEST_GAP, 1.0)
+        ref = np.where(inn, np.log(p_out), ref)
+    cut = int(trim * ref.shape[0])
+    if cut:
+        ref = np.sort(ref, axis=0)[cut:ref.shape[0] - cut]
     lp = _log_mean_exp(ref, axis=0)
     if offline_a is not None:
-        if not 0.0 <= offline_a <= 1.0:
-            raise ConfigError(f"RMIA offline parameter a must be in [0, 1], got {offline_a}")
         lp = math.log(0.5) + (np.logaddexp(math.log1p(offline_a) + lp, math.log(1.0 - offline_a))
                               if offline_a < 1.0 else math.log(2.0) + lp)
     return t - lp
 
 
 def rmia(target_x: np.ndarray, reference_x: np.ndarray, target_z: np.ndarray, reference_z: np.ndarray, *,
-         gamma: float = 1.0, offline_a: float | None = None) -> np.ndarray:
+         gamma: float = 1.0, offline_a: float | None = None, trim: float = 0.0,
+         reference_in_x: np.ndarray | None = None, reference_in_z: np.ndarray | None = None) -> np.ndarray:
     """RMIA scores: the fraction of population samples z with LR(x, z) >= gamma (higher = member).
 
     LR(x, z) = [p(x|θ)/p(x)] / [p(z|θ)/p(z)] factorises, so log LR(x, z) = r(x) - r(z) with
@@ -418,15 +527,17 @@ def rmia(target_x: np.ndarray, reference_x: np.ndarray, target_z: np.ndarray, re
       target_x: [N] log p(x|θ) of the audited sequences; reference_x: [R, N].
       target_z: [Z] log p(z|θ) of population (non-member) samples; reference_z: [R, Z].
       gamma: likelihood-ratio threshold (> 0).
-      offline_a: see :func:`rmia_ratio`.
+      offline_a, trim: see :func:`rmia_ratio`.
+      reference_in_x, reference_in_z: bool [1, N] / [1, Z], the single reference model's
+        inclusion of x and z (see ``reference_in`` of :func:`rmia_ratio`).
 
     Returns:
       float64 [N] in [0, 1].
     """
     if not gamma > 0:
         raise ConfigError(f"RMIA gamma must be > 0, got {gamma}")
-    rx = rmia_ratio(target_x, reference_x, offline_a)
-    rz = np.sort(rmia_ratio(target_z, reference_z, offline_a))
+    rx = rmia_ratio(target_x, reference_x, offline_a, trim, reference_in_x)
+    rz = np.sort(rmia_ratio(target_z, reference_z, offline_a, trim, reference_in_z))
     if rz.size == 0:
         raise ConfigError("RMIA needs population samples z")
     return np.searchsorted(rz, rx - math.log(gamma), side="right") / rz.size
