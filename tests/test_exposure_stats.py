@@ -35,6 +35,38 @@ def test_ties_favour_the_canary_and_per_canary_candidate_sets():
         E.exposure_from_rank(5, 4)
 
 
+def tf_privacy_interpolation(perplexities, references):
+    """TF Privacy's compute_exposure_interpolation, as published: sort secrets and references
+    together, a secret's rank is 1 + the references sorted before it."""
+    reps = {1: list(perplexities)}
+    allp = np.concatenate([reps[1], references])
+    rep = np.concatenate([[1] * len(reps[1]), [0] * len(references)])
+    order = np.argsort(allp, kind="stable")
+    cum = np.cumsum(rep[order] == 0)
+    position = np.empty(order.size, np.int64)
+    position[order] = np.arange(order.size)  # where each input landed in the sorted list
+    ranks = cum[position[:len(reps[1])]] + 1
+    return np.log2(len(references)) - np.log2(ranks)
+
+
+def test_tf_privacy_convention_and_canaries_below_every_reference():
+    rng = np.random.default_rng(3)
+    refs = rng.normal(5.0, 1.0, 500)
+    secrets = np.concatenate([rng.normal(3.0, 1.0, 20), [refs.max() + 1.0, refs.min() - 1.0]])
+    got, rank = E.exact_exposure(secrets, refs, convention="tf_privacy")
+    np.testing.assert_allclose(got, tf_privacy_interpolation(secrets, refs), rtol=1e-12)
+    assert got[-2] == pytest.approx(math.log2(500 / 501)) and got[-1] == pytest.approx(math.log2(500))
+    # ties count against the canary: 1 + #{references <= canary}
+    e, r = E.exact_exposure(np.array([2.0]), np.array([1.0, 2.0, 2.0, 3.0]), convention="tf_privacy")
+    assert r[0] == 4 and e[0] == pytest.approx(math.log2(4 / 4))
+    # the default convention does not raise for a canary less likely than every candidate
+    e0, r0 = E.exact_exposure(np.array([9.0, 0.5]), np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(r0, [4, 1])
+    np.testing.assert_allclose(e0, [0.0, math.log2(3)])
+    with pytest.raises(ConfigError, match="unknown exposure convention"):
+        E.exact_exposure(secrets, refs, convention="tf")
+
+
 def test_count_more_likely_is_jittable_and_chunk_additive():
     import jax
     import jax.numpy as jnp
@@ -114,3 +146,14 @@ def test_summarise_by_repetition():
         {"repetitions": 10, "n": 2, "exposure_mean": 6.0, "extracted_mean": 0.5},
         {"repetitions": 100, "n": 1, "exposure_mean": 16.0, "extracted_mean": 1.0},
     ]
+
+
+def test_exact_exposure_record_reports_the_tf_privacy_convention():
+    from glmjax.audit.candidates import tf_privacy_exposure
+
+    rng = np.random.default_rng(4)
+    logp = np.round(rng.normal(-8.0, 1.0, 4**5), 1).astype(np.float32)  # ties on purpose
+    for idx in (77, int(np.argmax(logp)), int(np.argmin(logp))):
+        others = -np.delete(logp.astype(np.float64), idx)
+        want, _ = E.exact_exposure(np.array([-float(logp[idx])]), others, convention="tf_privacy")
+        assert tf_privacy_exposure(logp, idx) == pytest.approx(float(want[0]), abs=1e-12)

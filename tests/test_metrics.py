@@ -246,3 +246,153 @@ def test_one_run_search_applies_bonferroni():
     best = M.one_run_epsilon_search(scores, included, [(100, 100), (50, 50), (200, 0), (0, 200)], beta=0.05)
     assert best.epsilon >= single.epsilon
     assert best.confidence == 0.95 and best.details["grid_size"] == 4
+
+
+# ------------------------------------------------------------------ randomised-threshold metrics
+# An independent implementation of jax_privacy's CanaryScoreAuditor definitions, written from its
+# published description: FN/TN counts at every threshold (score >= t is "in"), their Pareto
+# frontier by a stack scan, TPR interpolated on TN counts, AUC by trapezoids, raw-count and GDP ε.
+
+def _ref_counts(pos, neg):
+    thr = np.concatenate([np.union1d(pos, neg), [np.inf]])
+    fn = np.array([int((pos < t).sum()) for t in thr])
+    tn = np.array([int((neg < t).sum()) for t in thr])
+    hull = []
+    for p in zip(fn.tolist(), tn.tolist(), strict=True):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0]) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    h = np.array(hull)
+    return h[:, 1], h[:, 0]  # tn, fn
+
+
+def _ref_tpr(f, tn, fn):
+    target = tn[-1] * (1 - f)
+    j = max(int(np.searchsorted(tn, target)), 1)
+    p = (target - tn[j - 1]) / (tn[j] - tn[j - 1])
+    return 1 - ((1 - p) * fn[j - 1] + p * fn[j]) / fn[-1]
+
+
+def _ref_auc(tn, fn):
+    tn, fn = tn.astype(float), fn.astype(float)
+    return 0.5 * np.dot(tn[:-1] + tn[1:], fn[1:] - fn[:-1]) / (fn[-1] * tn[-1])
+
+
+def _scores(seed, n=300, ties=False):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < 0.4
+    s = rng.normal(0, 1, n) + 0.9 * labels
+    if ties:
+        s = np.round(s, 1)
+    return labels, s
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+def test_hull_metrics_match_jax_privacy_definitions(seed, ties):
+    labels, s = _scores(seed, ties=ties)
+    tn, fn = _ref_counts(s[labels], s[~labels])
+    got = M.randomised_metrics(labels, s, fpr_targets=(0.0, 0.001, 0.01, 0.1, 0.5))
+    assert got["auc"] == pytest.approx(_ref_auc(tn, fn), abs=1e-12)
+    for f in (0.0, 0.001, 0.01, 0.1, 0.5):
+        assert got[f"tpr@{f:g}"] == pytest.approx(_ref_tpr(f, tn, fn), abs=1e-12)
+    # the hull dominates the step ROC of a single threshold
+    step = M.RocBasis(labels, s).metrics((0.01, 0.1))
+    assert got["auc"] >= float(step["auc"][0]) - 1e-12
+    assert got["tpr@0.1"] >= float(step["tpr@0.1"][0]) - 1e-12
+    # raw counts: ln(TPR / FPR) at FPR = min_count / n_neg on the hull; with δ the max over thresholds
+    n0 = int((~labels).sum())
+    for mc in (5, 20):
+        want = max(math.log(_ref_tpr(mc / n0, tn, fn) / (mc / n0)), 0.0)
+        assert M.epsilon_raw_counts(labels, s, min_count=mc) == pytest.approx(want, abs=1e-12)
+        fp = n0 - tn
+        tp = fn[-1] - fn
+        rates = [(t / fn[-1], f / n0) for t, f in zip(tp, fp, strict=True) if f >= mc]
+        rates.append((_ref_tpr(mc / n0, tn, fn), mc / n0))
+        d = 0.01
+        want_d = max(max(math.log(t - d) - math.log(f) for t, f in rates if t > d), 0.0)
+        assert M.epsilon_raw_counts(labels, s, min_count=mc, delta=d) == pytest.approx(want_d, abs=1e-12)
+    assert M.epsilon_raw_counts(labels, s, min_count=n0) == 0.0
+
+
+def test_hull_closed_forms():
+    # one informative threshold: TPR a, FPR b -> hull AUC (1 + a - b) / 2, TPR interpolated linearly
+    labels = np.array([True] * 10 + [False] * 10)
+    s = np.array([1.0] * 7 + [0.0] * 3 + [1.0] * 2 + [0.0] * 8)
+    r = M.randomised_metrics(labels, s, fpr_targets=(0.1,))
+    assert r["auc"] == pytest.approx((1 + 0.7 - 0.2) / 2)
+    assert r["tpr@0.1"] == pytest.approx(0.35)
+    perfect = M.randomised_metrics(labels, labels.astype(float), fpr_targets=(0.0,))
+    assert perfect == {"auc": 1.0, "tpr@0": 1.0}
+    inverted = M.randomised_metrics(labels, -labels.astype(float), fpr_targets=(0.5,))
+    assert inverted["auc"] == pytest.approx(0.5) and inverted["tpr@0.5"] == pytest.approx(0.5)  # the chord
+
+
+def _ref_gdp(pos, neg, alpha, delta, absolute):
+    tn, fn = _ref_counts(pos, neg)
+    n1, n0 = fn[-1], tn[-1]
+    fp = n0 - tn
+
+    def ub(k, n):
+        return 1.0 if k >= n else stats.beta.ppf(1 - alpha / 2, k + 1, n - k)
+
+    mus = [stats.norm.isf(ub(f, n0)) - stats.norm.ppf(ub(g, n1))
+           for f, g in zip(fp, fn, strict=True) if max(ub(f, n0), ub(g, n1)) < 1 - delta]
+    mu = max((abs(m) if absolute else m) for m in mus) if mus else 0.0
+    mu = max(mu, 0.0)
+
+    def dlt(e):
+        return stats.norm.cdf(-e / mu + mu / 2) - math.exp(e) * stats.norm.cdf(-e / mu - mu / 2)
+
+    lo, hi = 0.0, 100.0
+    if mu == 0 or dlt(0.0) <= delta:
+        return 0.0, mu
+    for _ in range(200):  # bisection: δ(ε) decreases in ε
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if dlt(mid) > delta else (lo, mid)
+    return lo, mu
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_epsilon_gdp_matches_published_conversion(seed):
+    labels, s = _scores(seed, n=400)
+    for absolute in (False, True):
+        eps, mu = M.epsilon_gdp(labels, s, delta=1e-5, alpha=0.05, absolute=absolute)
+        want_eps, want_mu = _ref_gdp(s[labels], s[~labels], 0.05, 1e-5, absolute)
+        assert mu == pytest.approx(want_mu, rel=1e-10) and mu > 0
+        assert eps == pytest.approx(want_eps, abs=1e-6) and eps > 0
+        assert M.gdp_delta(eps, mu) == pytest.approx(1e-5, rel=1e-4)
+    # a chance attack supports nothing by default; |μ| (jax_privacy) reads the uninformative
+    # thresholds (FPR_ub + FNR_ub > 1) as evidence
+    chance = np.random.default_rng(seed).normal(size=labels.size)
+    assert M.epsilon_gdp(labels, chance, delta=1e-5) == (0.0, 0.0)
+    assert M.epsilon_gdp(labels, chance, delta=1e-5, absolute=True)[0] > 1.0
+
+
+def test_max_accuracy_bound():
+    assert M.max_accuracy_bound(0.0) == 0.5
+    assert M.max_accuracy_bound(math.log(3.0)) == pytest.approx(0.75)
+    assert M.max_accuracy_bound(math.log(3.0), 0.1) == pytest.approx((3 + 0.1) / 4)
+    # randomised response at ε attains it
+    eps = 1.2
+    assert M.max_accuracy_bound(eps) == pytest.approx(math.exp(eps) / (1 + math.exp(eps)))
+
+
+def test_hull_of_many_rows_equals_the_exact_scan(monkeypatch):
+    """Above 4096 candidates the hull scan runs on Qhull's vertices: same hull as the full scan."""
+    labels, s = _scores(5, n=30_000)
+    fpr, tpr, fp, tp = M.roc_hull(labels, s)
+    full_fpr, full_tpr, _ = M.roc_curve(labels, s)
+    n1, n0 = int(labels.sum()), int((~labels).sum())
+    x, y = np.rint(full_fpr * n0).astype(np.int64), np.rint(full_tpr * n1).astype(np.int64)
+    hull = []
+    for i in range(x.size):  # the plain scan over every ROC point
+        while len(hull) >= 2 and ((x[hull[-1]] - x[hull[-2]]) * (y[i] - y[hull[-2]])
+                                  - (y[hull[-1]] - y[hull[-2]]) * (x[i] - x[hull[-2]])) >= 0:
+            hull.pop()
+        hull.append(i)
+    np.testing.assert_array_equal(fp, x[hull])
+    np.testing.assert_array_equal(tp, y[hull])

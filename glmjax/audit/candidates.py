@@ -30,6 +30,7 @@ most significant (:func:`glmjax.audit.decoding.codes_to_index`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -622,6 +623,15 @@ def exposure_of_scores(logp: np.ndarray, index: int) -> tuple[int, float]:
     return int(rank[0]), float(expo[0])
 
 
+def tf_privacy_exposure(logp: np.ndarray, index: int) -> float:
+    """Exposure in TF Privacy's convention: the other candidates are the references and ties
+    count against the canary, log2(R - 1) - log2(1 + #{others at least as likely})
+    (:func:`glmjax.audit.exposure.exact_exposure` with ``convention="tf_privacy"``)."""
+    lp = np.asarray(logp)
+    at_least = int(np.count_nonzero(lp >= lp[index]))  # the canary itself included
+    return float(np.log2(lp.size - 1) - np.log2(at_least))
+
+
 @dataclass
 class ExactExposure:
     """Exact exposure of one canary.
@@ -644,11 +654,13 @@ class ExactExposure:
     seconds: float
     logp: np.ndarray = field(repr=False)
     stats: TrieStats | None = None
+    exposure_tf_privacy: float = math.nan  # :func:`tf_privacy_exposure` of the same scores
 
     def to_dict(self, reveal: bool = False) -> dict[str, Any]:
         """JSON-ready summary (no candidate array; the secret only when ``reveal``)."""
         d = {"id": self.canary_id, "repetitions": self.repetitions, "k": self.k,
              "candidates": int(4 ** self.k), "rank": self.rank, "exposure_bits": self.exposure,
+             "exposure_tf_privacy_bits": self.exposure_tf_privacy,
              "max_exposure_bits": 2.0 * self.k, "secret_logp": self.secret_logp, "max_logp": self.max_logp,
              "mode": self.mode, "seconds": self.seconds}
         if self.stats is not None:
@@ -684,7 +696,8 @@ def exact_exposure(model: Any, prefix: str | np.ndarray, secret: str | np.ndarra
     return ExactExposure(canary_id=canary_id, repetitions=int(repetitions), k=k,
                          secret=alphabet.decode(secret_codes), secret_index=index, rank=rank, exposure=expo,
                          secret_logp=float(logp[index]), max_logp=float(logp.max()), mode=mode,
-                         seconds=time.perf_counter() - t0, logp=logp, stats=stats)
+                         seconds=time.perf_counter() - t0, logp=logp, stats=stats,
+                         exposure_tf_privacy=tf_privacy_exposure(logp, index))
 
 
 def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: int | None = None,
@@ -722,7 +735,8 @@ def exact_exposures(model: Any, canaries: list[dict[str, Any]], memory_limit: in
                                k=int(codes[i].shape[0]), secret=alphabet.decode(codes[i]), secret_index=indices[i],
                                rank=rank, exposure=expo, secret_logp=float(logp[indices[i]]),
                                max_logp=float(logp.max()), mode=mode, seconds=seconds,
-                               logp=logp if keep_scores else np.empty(0, np.float32), stats=stats)
+                               logp=logp if keep_scores else np.empty(0, np.float32), stats=stats,
+                               exposure_tf_privacy=tf_privacy_exposure(logp, indices[i]))
 
     for k, members in sorted(by_k.items()):
         base = finished

@@ -8,7 +8,9 @@ more likely). The canary's rank is its position among all candidates, and
 
 Ties: rank = 1 + #(candidates strictly more likely than the canary). Candidates that tie with the
 canary do not push it down, so ties can only raise exposure — the conservative choice for a
-privacy audit. Exposure therefore lies in [0, log2 |R|]: log2 |R| when the canary is the single
+privacy audit. TF Privacy's interpolation counts ties against the canary and divides by the
+references only; :func:`exact_exposure` gives it with ``convention="tf_privacy"``, and the audit
+reports it next to the exact exposure (``exposure_tf_privacy``). Exposure therefore lies in [0, log2 |R|]: log2 |R| when the canary is the single
 most likely candidate, 0 when every candidate is more likely.
 
 Exact exposure needs the scores of all of R (:func:`exact_exposure`, or :func:`count_more_likely`
@@ -66,15 +68,22 @@ def exposure_from_rank(rank: np.ndarray | int, n_candidates: np.ndarray | int) -
 
 
 def exact_exposure(canary_log_ppl: np.ndarray | float, candidate_log_ppl: np.ndarray,
-                   n_candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   n_candidates: int | None = None,
+                   convention: str = "secret_sharer") -> tuple[np.ndarray, np.ndarray]:
     """Exact exposure from the scores of every candidate secret.
 
     Args:
       canary_log_ppl: [C] or scalar, the canaries' log-perplexities.
-      candidate_log_ppl: [R] (shared) or [C, R] (one candidate set per canary), all candidates
-        of the space (the canary itself included).
-      n_candidates: |R| when the given candidates exclude the canary itself (then |R| = R + 1);
-        default R.
+      candidate_log_ppl: [R] (shared) or [C, R] (one candidate set per canary).
+      n_candidates: ``secret_sharer`` only: |R| when the given candidates exclude the canary
+        itself (then |R| = R + 1). By default |R| = R, the canary among the candidates; a canary
+        less likely than every given candidate (so not among them) gets |R| = R + 1 and exposure 0.
+      convention: ``secret_sharer`` (default; Carlini et al. 2019): rank = 1 + #{candidates
+        strictly more likely}, exposure = log2 |R| - log2 rank in [0, log2 |R|]; ties count for
+        the canary. ``tf_privacy`` (TF Privacy's ``compute_exposure_interpolation``): the
+        candidates are references that exclude the canary, rank = 1 + #{references at least as
+        likely} (ties count against the canary), exposure = log2 #references - log2 rank, which
+        is log2(R / (R + 1)) < 0 for a canary below every reference.
 
     Returns:
       (exposure [C] in bits, rank [C]).
@@ -83,8 +92,15 @@ def exact_exposure(canary_log_ppl: np.ndarray | float, candidate_log_ppl: np.nda
     cands = np.asarray(candidate_log_ppl, dtype=np.float64)
     if not np.isfinite(cands).all() or not np.isfinite(canary).all():
         raise ConfigError("log-perplexities must be finite")
-    n = cands.shape[-1] if n_candidates is None else int(n_candidates)
+    if convention == "tf_privacy":
+        if n_candidates is not None:
+            raise ConfigError("the tf_privacy convention counts the references given; drop n_candidates")
+        rank = 1 + (cands <= canary[..., None]).sum(axis=-1)
+        return np.log2(cands.shape[-1]) - np.log2(rank.astype(np.float64)), rank
+    if convention != "secret_sharer":
+        raise ConfigError(f"unknown exposure convention {convention!r}; choose secret_sharer or tf_privacy")
     rank = 1 + count_more_likely(canary, cands)
+    n = np.maximum(cands.shape[-1], rank) if n_candidates is None else int(n_candidates)
     return exposure_from_rank(rank, n), rank
 
 

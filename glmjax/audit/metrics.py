@@ -361,6 +361,173 @@ def evaluate_attack(labels: np.ndarray, scores: np.ndarray, *, n_bootstrap: int 
 # ε lower bounds
 
 
+# ------------------------------------------------------------------ randomised-threshold metrics
+#
+# jax_privacy's CanaryScoreAuditor reports metrics of classifiers that may randomise between two
+# thresholds: their ROC is the upper convex hull of the step ROC above. They are reported under
+# their own names ("randomised", "epsilon_raw_counts", "epsilon_gdp") and never mixed with the
+# step-ROC numbers, which are achievable by a single threshold.
+
+
+def roc_hull(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices of the upper convex hull of the ROC, from (0, 0) to (1, 1).
+
+    Returns:
+      (fpr, tpr, fp, tp): float rates and int64 counts of the hull vertices, FPR increasing;
+      collinear points are dropped (the linear-time scan of Graham & Yao over the sorted ROC).
+    """
+    labels, scores = _labels_scores(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    n1, n0 = int(labels.sum()), int((~labels).sum())
+    fp = np.rint(fpr * n0).astype(np.int64)
+    tp = np.rint(tpr * n1).astype(np.int64)
+    keep = _upper_hull(fp, tp)
+    return fp[keep] / n0, tp[keep] / n1, fp[keep], tp[keep]
+
+
+def _upper_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the upper hull of ROC points sorted by x (then y), from the first to the last.
+
+    The exact monotone-chain scan in integer arithmetic (points that do not turn strictly
+    clockwise are popped: collinear and dominated points go) runs over a candidate set: points
+    above the running maximum of y, and for large inputs only the vertices Qhull finds
+    (``scipy.spatial.ConvexHull``, O(n log n) in C), so 10 M rows take seconds."""
+    cand = np.flatnonzero(np.concatenate([[True], y[1:] > np.maximum.accumulate(y)[:-1]]))
+    if cand[-1] != x.size - 1:
+        cand = np.append(cand, x.size - 1)
+    if cand.size > 4096:
+        from scipy.spatial import ConvexHull
+
+        pts = np.stack([x[cand], y[cand]], axis=1).astype(np.float64)
+        corner = np.array([[float(x[-1]), float(y[0])]])  # closes the polygon below the ROC
+        v = ConvexHull(np.concatenate([pts, corner])).vertices
+        v = v[v < cand.size]
+        cand = np.unique(np.concatenate([cand[v], cand[[0, -1]]]))
+    hull: list[int] = []
+    for i in cand.tolist():
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            cross = (int(x[b]) - int(x[a])) * (int(y[i]) - int(y[a])) - (int(y[b]) - int(y[a])) * (int(x[i]) - int(x[a]))
+            if cross >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return np.asarray(hull, dtype=np.int64)
+
+
+def hull_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a piecewise-linear ROC (trapezoids)."""
+    return float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1])) / 2.0)
+
+
+def hull_tpr_at_fpr(fpr_h: np.ndarray, tpr_h: np.ndarray, f: float | np.ndarray) -> np.ndarray:
+    """Largest TPR of a randomised test at FPR ``f``: linear interpolation on the hull."""
+    f = np.asarray(f, dtype=np.float64)
+    if np.any((f < 0) | (f > 1)):
+        raise ConfigError(f"an FPR must lie in [0, 1], got {f}")
+    # the hull may hold two vertices at FPR 0 ((0, 0) and (0, t)): the upper one counts
+    x, idx = np.unique(fpr_h[::-1], return_index=True)
+    y = tpr_h[::-1][idx]
+    return np.interp(f, x, y)
+
+
+def randomised_metrics(labels: np.ndarray, scores: np.ndarray,
+                       fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS) -> dict[str, float]:
+    """AUC and TPR at each target FPR of the ROC convex hull (jax_privacy's definitions)."""
+    fpr_h, tpr_h, _, _ = roc_hull(labels, scores)
+    out = {"auc": hull_auc(fpr_h, tpr_h)}
+    for f in fpr_targets:
+        out[f"tpr@{f:g}"] = float(hull_tpr_at_fpr(fpr_h, tpr_h, f))
+    return out
+
+
+def epsilon_raw_counts(labels: np.ndarray, scores: np.ndarray, *, min_count: int = 50,
+                       delta: float = 0.0) -> float:
+    """ε estimate ln(TPR / FPR) from raw counts on the ROC hull, no confidence (jax_privacy's
+    ``epsilon_raw_counts``, one-sided): only thresholds with at least ``min_count`` false positives
+    count, plus the hull point interpolated at FPR = min_count / n_neg; with δ > 0 the estimate is
+    the maximum of ln(TPR - δ) - ln(FPR) over them. 0 when min_count >= n_neg.
+
+    A point estimate with no coverage guarantee: larger min_count biases it towards 0, smaller
+    makes it noisy. The guaranteed bound is :func:`epsilon_lower_bound_from_scores`.
+    """
+    if min_count < 0:
+        raise ConfigError(f"min_count must be >= 0, got {min_count}")
+    if not 0.0 <= delta <= 1.0:
+        raise ConfigError(f"delta must be in [0, 1], got {delta}")
+    fpr_h, tpr_h, fp, _ = roc_hull(labels, scores)
+    n0 = int(fp[-1])
+    if min_count >= n0:
+        return 0.0
+    f_min = min_count / n0
+    t_min = float(hull_tpr_at_fpr(fpr_h, tpr_h, f_min))
+    if delta == 0:
+        eps = math.log(t_min / f_min) if f_min > 0 and t_min > 0 else (math.inf if t_min > 0 else 0.0)
+        return max(eps, 0.0)
+    rates = np.concatenate([np.stack([tpr_h, fpr_h], 1)[fp >= min_count], [[t_min, f_min]]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vals = np.log(rates[:, 0] - delta) - np.log(rates[:, 1])
+    vals = vals[~np.isnan(vals)]
+    return max(float(vals.max()) if vals.size else 0.0, 0.0)
+
+
+def gdp_delta(epsilon: float, mu: float) -> float:
+    """δ(ε) of μ-Gaussian DP (Dong, Roth & Su 2022, Corollary 2.13):
+    Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)."""
+    a = stats.norm.logcdf(-epsilon / mu + mu / 2)
+    b = epsilon + stats.norm.logcdf(-epsilon / mu - mu / 2)
+    return float(math.exp(a) * -math.expm1(b - a)) if b < a else 0.0
+
+
+def epsilon_gdp(labels: np.ndarray, scores: np.ndarray, *, delta: float, alpha: float = 0.05,
+                eps_max: float = 100.0, absolute: bool = False) -> tuple[float, float]:
+    """ε at δ of the largest μ-GDP lower bound the hull thresholds support (after jax_privacy's
+    ``epsilon_from_gdp``; Nasr et al. 2023): at every hull threshold one-sided Clopper–Pearson
+    upper bounds of FPR and FNR at α/2 each, μ = max (Φ⁻¹(1 - FPR_ub) - Φ⁻¹(FNR_ub)) over the
+    thresholds whose bounds are both below 1 - δ, then ε solving δ(ε; μ) = δ.
+
+    ``absolute=True`` takes max |Φ⁻¹(1 - FPR_ub) - Φ⁻¹(FNR_ub)| as jax_privacy does. A negative
+    value comes from a threshold with FPR_ub + FNR_ub > 1, whose upper bounds say nothing about
+    the reversed test (that would need lower bounds); with it a chance-level attack on a few
+    hundred rows reports ε of 5-10, so glmjax counts only positive values by default.
+
+    Returns:
+      (ε, μ); (0, 0) when no threshold qualifies.
+    """
+    if not 0.0 < delta <= 1.0:
+        raise ConfigError(f"the GDP conversion needs 0 < delta <= 1, got {delta}")
+    if not 0.0 < alpha < 0.5:
+        raise ConfigError(f"alpha must be in (0, 0.5), got {alpha}")
+    _, _, fp, tp = roc_hull(labels, scores)
+    n0, n1 = int(fp[-1]), int(tp[-1])
+    fn = n1 - tp
+    fnr_ub = np.where(fn < n1, stats.beta.ppf(1 - alpha / 2, fn + 1, n1 - fn), 1.0)
+    fpr_ub = np.where(fp < n0, stats.beta.ppf(1 - alpha / 2, fp + 1, n0 - fp), 1.0)
+    ok = np.maximum(fnr_ub, fpr_ub) < 1 - delta
+    if not ok.any():
+        return 0.0, 0.0
+    mus = stats.norm.isf(fpr_ub[ok]) - stats.norm.ppf(fnr_ub[ok])
+    mu = float(np.max(np.abs(mus)) if absolute else max(float(np.max(mus)), 0.0))
+    if mu == 0.0:
+        return 0.0, 0.0
+    if gdp_delta(0.0, mu) <= delta:
+        return 0.0, mu
+    if gdp_delta(eps_max, mu) >= delta:
+        return eps_max, mu
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda e: gdp_delta(e, mu) - delta, 0.0, eps_max, xtol=1e-9)), mu
+
+
+def max_accuracy_bound(epsilon: float, delta: float = 0.0) -> float:
+    """The largest balanced accuracy any membership test can reach against an (ε, δ)-DP model:
+    (e^ε + δ) / (1 + e^ε) (TPR <= e^ε FPR + δ and TNR <= e^ε FNR + δ at FPR = FNR)."""
+    if epsilon < 0 or not 0.0 <= delta <= 1.0:
+        raise ConfigError("max_accuracy_bound needs epsilon >= 0 and delta in [0, 1]")
+    return float(min(1.0, (1.0 + delta * math.exp(-epsilon)) / (1.0 + math.exp(-epsilon))))
+
+
 def clopper_pearson(k: int | np.ndarray, n: int | np.ndarray,
                     alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Exact two-sided Clopper–Pearson interval for a binomial proportion.

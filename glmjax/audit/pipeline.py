@@ -369,14 +369,17 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
             if e["id"] in exact:
                 ex = exact[e["id"]]
                 exposure, ci, method = float(ex.exposure), (float(ex.exposure), float(ex.exposure)), "exact"
+                tf_exposure = ex.exposure_tf_privacy
             else:
+                tf_exposure = None
                 est = estimate_exposure(float(c_lppl[row]), c_lppl[row + 1:row + 1 + nsamp], n_candidates=4 ** k,
                                         seed=opts.seed)
                 exposure, ci, method = float(est.exposure), (float(est.ci[0]), float(est.ci[1])), est.method
             canary_results.append(CanaryResult(
                 id=e["id"], repetitions=int(e.get("repetitions", 0)), exposure=exposure, exposure_ci=ci,
                 extracted=bool(extracted[e["id"]]), n_candidates=4 ** k,
-                exposure_method=method, secret=e["secret"], log_perplexity=float(c_lppl[row])))
+                exposure_method=method, secret=e["secret"], log_perplexity=float(c_lppl[row]),
+                exposure_tf_privacy=tf_exposure))
         result.canaries = canary_results
         laps.lap("exposure")
         # the canaries' reference detection needs only the canaries (controls are their null)

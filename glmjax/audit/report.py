@@ -34,6 +34,8 @@ from glmjax.audit.perplexity import NULL_CONTROLS, NULL_WINDOWS, DetectionResult
 from glmjax.audit.schema import SCHEMA, SCHEMA_VERSION, validate_report
 from glmjax.errors import ConfigError
 
+RAW_COUNT_MIN = 50  # false positives a threshold needs for the raw-count ε estimate (jax_privacy's default)
+
 
 @dataclass
 class CanaryResult:
@@ -60,6 +62,7 @@ class CanaryResult:
     exposure_method: str = "exact"
     secret: str | None = None
     log_perplexity: float | None = None
+    exposure_tf_privacy: float | None = None  # exact only: TF Privacy's convention (ties against the canary)
 
     @classmethod
     def from_estimate(cls, id: str, repetitions: int, estimate: ExposureEstimate, extracted: bool,
@@ -246,6 +249,8 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
                      "exposure_method": c.exposure_method, "n_candidates": int(c.n_candidates),
                      "extracted": bool(c.extracted), "log2_candidates": math.log2(c.n_candidates),
                      "log_perplexity": c.log_perplexity}
+            if c.exposure_tf_privacy is not None:
+                entry["exposure_tf_privacy"] = float(c.exposure_tf_privacy)
             if reveal and c.secret is not None:
                 entry["secret"] = c.secret
             canaries.append(entry)
@@ -285,8 +290,16 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
         entries = {k: a.to_dict() for k, a in attacks.items()}
         for k in result.mia_sample_scores:
             entries[k]["rows"] = int(len(inputs[k][1]))
+        for k, (lab, sc) in inputs.items():  # jax_privacy's randomised-threshold numbers, named apart
+            entries[k]["randomised"] = M.randomised_metrics(lab, sc, fpr_targets)
+        lab_b, sc_b = inputs[best]
+        eps_gdp, mu_gdp = M.epsilon_gdp(lab_b, sc_b, delta=result.epsilon_delta or 1e-5,
+                                        alpha=1.0 - result.confidence)
+        estimates = {"raw_counts": M.epsilon_raw_counts(lab_b, sc_b, min_count=RAW_COUNT_MIN),
+                     "raw_counts_min_count": RAW_COUNT_MIN, "gdp": eps_gdp, "gdp_mu": mu_gdp,
+                     "gdp_delta": result.epsilon_delta or 1e-5}
         mia = {"fpr_targets": list(fpr_targets), "attacks": entries,
-               "strongest_attack": best, "epsilon": {"attack": best, **eps.to_dict()}}
+               "strongest_attack": best, "epsilon": {"attack": best, **eps.to_dict(), "estimates": estimates}}
         if "neighbourhood" in entries:  # also under its own key, as before
             mia["neighbourhood"] = entries["neighbourhood"]
         if result.one_run is not None:
