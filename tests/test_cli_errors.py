@@ -131,6 +131,9 @@ def test_audit_inputs_are_checked_before_anything_is_written(tmp_path, capsys):
     assert main(["audit", "--model", str(model), "--data", str(w), "--shadows", str(sh), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "not a readable shadow-model folder" in err and "Traceback" not in err and not out.exists()
+    for flag, bad in (("--rmia-trim", "0.5"), ("--lira-variance", "ddof0"), ("--lira-centre", "mode")):
+        assert main(["audit", "--model", str(model), "--data", str(w), "--out", str(out), flag, bad]) == 2
+        assert flag in capsys.readouterr().err and not out.exists()
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_compiling(monkeypatch):

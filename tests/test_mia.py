@@ -370,3 +370,15 @@ def test_rmia_trimmed_mean_and_single_reference_inversion():
         mia.rmia_ratio(tx, rx, offline_a=a, reference_in=np.ones_like(rx, bool))
     with pytest.raises(ConfigError, match="trim"):
         mia.rmia_ratio(tx, rx, trim=0.5)
+
+
+def test_attack_scores_pass_lira_conventions_through():
+    member, target, shadow, inc = _lira_data(12)
+    cols = {"mean_logp": target, "sum_logp": target * 10}
+    got = mia.attack_scores(cols, mink_percents=(), lira_inputs=(shadow, inc),
+                            lira_options={"variance": "reference", "centre": "median"})
+    for name, online in (("lira_online", True), ("lira_offline", False)):
+        want = mia.lira(target, shadow, inc, online=online, fixed_variance=True, variance="reference", centre="median")
+        np.testing.assert_array_equal(got[name], want)
+    default = mia.attack_scores(cols, mink_percents=(), lira_inputs=(shadow, inc))
+    assert not np.allclose(default["lira_online"], got["lira_online"])

@@ -551,7 +551,7 @@ def attack_scores(target: Mapping[str, np.ndarray], *, reference: Mapping[str, n
                   kmer_k: int = 3, neighbour_sum_logp: np.ndarray | None = None,
                   mink_percents: Sequence[int] = (20,),
                   lira_inputs: tuple[np.ndarray, np.ndarray] | None = None,
-                  rmia_inputs: dict | None = None) -> dict[str, np.ndarray]:
+                  rmia_inputs: dict | None = None, lira_options: Mapping | None = None) -> dict[str, np.ndarray]:
     """Every attack whose inputs are available, by name (higher = member).
 
     Args:
@@ -563,6 +563,7 @@ def attack_scores(target: Mapping[str, np.ndarray], *, reference: Mapping[str, n
       mink_percents: which Min-K% / Min-K%++ columns to use.
       lira_inputs: (shadow mean_logp [M, N], inclusion [M, N]) for online and offline LiRA
         (fixed variance below 64 shadow models, per-example variance from 64 on).
+      lira_options: more keyword arguments of :func:`lira` (``variance``, ``centre``).
       rmia_inputs: {"reference_x": [R, N], "target_z": [Z], "reference_z": [R, Z], "gamma", "offline_a"}
         over ``mean_logp``.
 
@@ -586,8 +587,9 @@ def attack_scores(target: Mapping[str, np.ndarray], *, reference: Mapping[str, n
         shadow, inc = lira_inputs
         # Carlini et al. recommend one global variance when there are few shadow models.
         fixed = np.shape(shadow)[0] < 64
-        out["lira_online"] = lira(col("mean_logp"), shadow, inc, online=True, fixed_variance=fixed)
-        out["lira_offline"] = lira(col("mean_logp"), shadow, inc, online=False, fixed_variance=fixed)
+        kw = dict(lira_options or {})
+        out["lira_online"] = lira(col("mean_logp"), shadow, inc, online=True, fixed_variance=fixed, **kw)
+        out["lira_offline"] = lira(col("mean_logp"), shadow, inc, online=False, fixed_variance=fixed, **kw)
     if rmia_inputs is not None:
         r = dict(rmia_inputs)
         out["rmia"] = rmia(col("mean_logp"), r.pop("reference_x"), r.pop("target_z"), r.pop("reference_z"), **r)

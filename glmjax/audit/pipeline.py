@@ -68,6 +68,9 @@ class AuditOptions:
     detection_fpr: float = 0.01
     seed: int = 0
     trust_pickle: bool = False
+    lira_variance: str = "unbiased"  # or "reference": TF Privacy's np.std conventions (docs/statistics.md)
+    lira_centre: str = "mean"  # or "median" of the IN / OUT shadow scores
+    rmia_trim: float = 0.0  # proportiontocut of a trimmed mean over the reference models
 
 
 @dataclass
@@ -304,9 +307,12 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
                                              f"scoring (shadow {i + 1}/{len(dirs)})", log)
                                       .column("mean_logp"))[genome] for i, d in enumerate(dirs)])
             inc = inc[:, genome]
-            scores.update(MIA.attack_scores(tcols, lira_inputs=(sh, inc), mink_percents=()))
+            scores.update(MIA.attack_scores(tcols, lira_inputs=(sh, inc), mink_percents=(),
+                                            lira_options={"variance": opts.lira_variance,
+                                                          "centre": opts.lira_centre}))
             zrows = np.flatnonzero(~labels)
-            scores["rmia"] = MIA.rmia(tcols["mean_logp"], sh, tcols["mean_logp"][zrows], sh[:, zrows])
+            scores["rmia"] = MIA.rmia(tcols["mean_logp"], sh, tcols["mean_logp"][zrows], sh[:, zrows],
+                                      trim=opts.rmia_trim)
             laps.lap("shadows")
         else:
             skipped["lira"] = skipped["rmia"] = "no --shadows folder given"

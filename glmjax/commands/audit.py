@@ -39,6 +39,14 @@ def register(sub) -> None:
     p.add_argument("--neighbours", type=A.count, default=8, help="neighbours per sequence (0: no neighbourhood attack)")
     p.add_argument("--bootstrap", type=A.count, default=200, help="bootstrap resamples for confidence intervals")
     p.add_argument("--fpr", type=A.open_fraction, default=0.01, help="false-positive rate of the detection threshold")
+    p.add_argument("--lira-variance", choices=["unbiased", "reference"], default="unbiased",
+                   help="LiRA's σ: unbiased (ddof 1, pooled for sparse examples; default) or reference "
+                   "(TF Privacy's np.std conventions); see docs/statistics.md")
+    p.add_argument("--lira-centre", choices=["mean", "median"], default="mean",
+                   help="LiRA's μ: mean (default) or median of the IN / OUT shadow scores")
+    p.add_argument("--rmia-trim", type=A.number(0.0, 0.5, high_open=True), default=0.0, metavar="FRACTION",
+                   help="RMIA: trim this fraction of reference models from each end when averaging p(x) "
+                   "(scipy.stats.trim_mean; default 0: the mean)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--reveal", action="store_true", help="write raw canary secrets into the report")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
@@ -65,7 +73,8 @@ def run(args) -> int:
                         exact_budget_s=args.exact_budget,
                         exposure_samples=args.exposure_samples, beam_width=args.beam_width,
                         neighbours=args.neighbours, n_bootstrap=args.bootstrap, detection_fpr=args.fpr,
-                        seed=args.seed, trust_pickle=args.trust_pickle)
+                        seed=args.seed, trust_pickle=args.trust_pickle, lira_variance=args.lira_variance,
+                        lira_centre=args.lira_centre, rmia_trim=args.rmia_trim)
     res = run_audit(args.model, args.data, args.out, canaries=args.canaries, reference=args.reference,
                     shadows=args.shadows, opts=opts, reveal=args.reveal)
     print_summary(res.report)
