@@ -30,6 +30,8 @@ def test_zlib_bits_and_ratio():
     want = np.array([8 * len(zlib.compress("".join("ACGTN"[c] for c in s).encode(), 9)) for s in seqs])
     np.testing.assert_array_equal(mia.zlib_bits(seqs), want)
     np.testing.assert_array_equal(mia.zlib_bits(flat, offsets), want)
+    for w in (1, 3):  # the thread count changes nothing
+        np.testing.assert_array_equal(mia.zlib_bits(flat, offsets, workers=w), want)
     sl = -np.arange(1.0, len(seqs) + 1)
     np.testing.assert_allclose(mia.zlib_ratio(sl, want), sl / math.log(2) / want)
 
