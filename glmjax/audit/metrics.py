@@ -357,10 +357,6 @@ def evaluate_attack(labels: np.ndarray, scores: np.ndarray, *, n_bootstrap: int 
     )
 
 
-# --------------------------------------------------------------------------------------------
-# ε lower bounds
-
-
 # ------------------------------------------------------------------ randomised-threshold metrics
 #
 # jax_privacy's CanaryScoreAuditor reports metrics of classifiers that may randomise between two
@@ -369,20 +365,34 @@ def evaluate_attack(labels: np.ndarray, scores: np.ndarray, *, n_bootstrap: int 
 # step-ROC numbers, which are achievable by a single threshold.
 
 
-def roc_hull(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Vertices of the upper convex hull of the ROC, from (0, 0) to (1, 1).
+@dataclass
+class RocHull:
+    """Vertices of the upper convex hull of the ROC, from (0, 0) to (1, 1), FPR increasing:
+    float rates and int64 counts (collinear points dropped). Iterates as (fpr, tpr, fp, tp)."""
 
-    Returns:
-      (fpr, tpr, fp, tp): float rates and int64 counts of the hull vertices, FPR increasing;
-      collinear points are dropped (the linear-time scan of Graham & Yao over the sorted ROC).
-    """
+    fpr: np.ndarray
+    tpr: np.ndarray
+    fp: np.ndarray
+    tp: np.ndarray
+
+    def __iter__(self):
+        return iter((self.fpr, self.tpr, self.fp, self.tp))
+
+
+def roc_hull(labels: np.ndarray, scores: np.ndarray) -> RocHull:
+    """The :class:`RocHull` of an attack (one sort; the hull statistics below accept it in place
+    of labels and scores, so an attack is sorted once for all of them)."""
     labels, scores = _labels_scores(labels, scores)
     fpr, tpr, _ = roc_curve(labels, scores)
     n1, n0 = int(labels.sum()), int((~labels).sum())
     fp = np.rint(fpr * n0).astype(np.int64)
     tp = np.rint(tpr * n1).astype(np.int64)
     keep = _upper_hull(fp, tp)
-    return fp[keep] / n0, tp[keep] / n1, fp[keep], tp[keep]
+    return RocHull(fp[keep] / n0, tp[keep] / n1, fp[keep], tp[keep])
+
+
+def _hull(labels, scores) -> RocHull:
+    return labels if isinstance(labels, RocHull) else roc_hull(labels, scores)
 
 
 def _upper_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -432,17 +442,18 @@ def hull_tpr_at_fpr(fpr_h: np.ndarray, tpr_h: np.ndarray, f: float | np.ndarray)
     return np.interp(f, x, y)
 
 
-def randomised_metrics(labels: np.ndarray, scores: np.ndarray,
+def randomised_metrics(labels: np.ndarray | RocHull, scores: np.ndarray | None = None,
                        fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS) -> dict[str, float]:
-    """AUC and TPR at each target FPR of the ROC convex hull (jax_privacy's definitions)."""
-    fpr_h, tpr_h, _, _ = roc_hull(labels, scores)
+    """AUC and TPR at each target FPR of the ROC convex hull (jax_privacy's definitions);
+    ``labels`` may be a :class:`RocHull` (then no ``scores``)."""
+    fpr_h, tpr_h, _, _ = _hull(labels, scores)
     out = {"auc": hull_auc(fpr_h, tpr_h)}
     for f in fpr_targets:
         out[f"tpr@{f:g}"] = float(hull_tpr_at_fpr(fpr_h, tpr_h, f))
     return out
 
 
-def epsilon_raw_counts(labels: np.ndarray, scores: np.ndarray, *, min_count: int = 50,
+def epsilon_raw_counts(labels: np.ndarray | RocHull, scores: np.ndarray | None = None, *, min_count: int = 50,
                        delta: float = 0.0) -> float:
     """ε estimate ln(TPR / FPR) from raw counts on the ROC hull, no confidence (jax_privacy's
     ``epsilon_raw_counts``, one-sided): only thresholds with at least ``min_count`` false positives
@@ -456,7 +467,7 @@ def epsilon_raw_counts(labels: np.ndarray, scores: np.ndarray, *, min_count: int
         raise ConfigError(f"min_count must be >= 0, got {min_count}")
     if not 0.0 <= delta <= 1.0:
         raise ConfigError(f"delta must be in [0, 1], got {delta}")
-    fpr_h, tpr_h, fp, _ = roc_hull(labels, scores)
+    fpr_h, tpr_h, fp, _ = _hull(labels, scores)
     n0 = int(fp[-1])
     if min_count >= n0:
         return 0.0
@@ -480,7 +491,7 @@ def gdp_delta(epsilon: float, mu: float) -> float:
     return float(math.exp(a) * -math.expm1(b - a)) if b < a else 0.0
 
 
-def epsilon_gdp(labels: np.ndarray, scores: np.ndarray, *, delta: float, alpha: float = 0.05,
+def epsilon_gdp(labels: np.ndarray | RocHull, scores: np.ndarray | None = None, *, delta: float, alpha: float = 0.05,
                 eps_max: float = 100.0, absolute: bool = False) -> tuple[float, float]:
     """ε at δ of the largest μ-GDP lower bound the hull thresholds support (after jax_privacy's
     ``epsilon_from_gdp``; Nasr et al. 2023): at every hull threshold one-sided Clopper–Pearson
@@ -499,7 +510,7 @@ def epsilon_gdp(labels: np.ndarray, scores: np.ndarray, *, delta: float, alpha: 
         raise ConfigError(f"the GDP conversion needs 0 < delta <= 1, got {delta}")
     if not 0.0 < alpha < 0.5:
         raise ConfigError(f"alpha must be in (0, 0.5), got {alpha}")
-    _, _, fp, tp = roc_hull(labels, scores)
+    _, _, fp, tp = _hull(labels, scores)
     n0, n1 = int(fp[-1]), int(tp[-1])
     fn = n1 - tp
     fnr_ub = np.where(fn < n1, stats.beta.ppf(1 - alpha / 2, fn + 1, n1 - fn), 1.0)
@@ -526,6 +537,10 @@ def max_accuracy_bound(epsilon: float, delta: float = 0.0) -> float:
     if epsilon < 0 or not 0.0 <= delta <= 1.0:
         raise ConfigError("max_accuracy_bound needs epsilon >= 0 and delta in [0, 1]")
     return float(min(1.0, (1.0 + delta * math.exp(-epsilon)) / (1.0 + math.exp(-epsilon))))
+
+
+# --------------------------------------------------------------------------------------------
+# ε lower bounds
 
 
 def clopper_pearson(k: int | np.ndarray, n: int | np.ndarray,

@@ -444,7 +444,7 @@ def lira(target: np.ndarray, shadow: np.ndarray, inclusion: np.ndarray, *, onlin
         sd_in, sd_out = sd_in + 1e-30, sd_out + 1e-30
     else:
         missing = (n_in == 0) | (n_out == 0)
-        if missing.any() and (need_in and (n_in == 0).any() or need_out and (n_out == 0).any()):
+        if need_in and (n_in == 0).any() or need_out and (n_out == 0).any():
             both = ~missing
             if not both.any():
                 raise ConfigError("LiRA needs examples with both IN and OUT shadow scores to fill in "

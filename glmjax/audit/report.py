@@ -290,14 +290,14 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
         entries = {k: a.to_dict() for k, a in attacks.items()}
         for k in result.mia_sample_scores:
             entries[k]["rows"] = int(len(inputs[k][1]))
-        for k, (lab, sc) in inputs.items():  # jax_privacy's randomised-threshold numbers, named apart
-            entries[k]["randomised"] = M.randomised_metrics(lab, sc, fpr_targets)
-        lab_b, sc_b = inputs[best]
-        eps_gdp, mu_gdp = M.epsilon_gdp(lab_b, sc_b, delta=result.epsilon_delta or 1e-5,
-                                        alpha=1.0 - result.confidence)
-        estimates = {"raw_counts": M.epsilon_raw_counts(lab_b, sc_b, min_count=RAW_COUNT_MIN),
+        hulls = {k: M.roc_hull(lab, sc) for k, (lab, sc) in inputs.items()}
+        for k, hull in hulls.items():  # jax_privacy's randomised-threshold numbers, named apart
+            entries[k]["randomised"] = M.randomised_metrics(hull, fpr_targets=fpr_targets)
+        gdp_delta = result.epsilon_delta or 1e-5  # the GDP conversion needs δ > 0
+        eps_gdp, mu_gdp = M.epsilon_gdp(hulls[best], delta=gdp_delta, alpha=1.0 - result.confidence)
+        estimates = {"raw_counts": M.epsilon_raw_counts(hulls[best], min_count=RAW_COUNT_MIN),
                      "raw_counts_min_count": RAW_COUNT_MIN, "gdp": eps_gdp, "gdp_mu": mu_gdp,
-                     "gdp_delta": result.epsilon_delta or 1e-5}
+                     "gdp_delta": gdp_delta}
         mia = {"fpr_targets": list(fpr_targets), "attacks": entries,
                "strongest_attack": best, "epsilon": {"attack": best, **eps.to_dict(), "estimates": estimates}}
         if "neighbourhood" in entries:  # also under its own key, as before

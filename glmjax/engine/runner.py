@@ -624,7 +624,6 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         source.close()
 
 
-
 def score_sequences(model, sequences, ids=None, *, pll: str | None = None, seed: int = 0,
                     per_token: bool = False, window: int | None = None, batch_tokens: int | None = None,
                     devices=None, label: str = "scoring") -> dict[str, Any]:
