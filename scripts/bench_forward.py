@@ -60,7 +60,7 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402

@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(ROOT / "scripts" / "torch_ref"))
 sys.path.insert(0, str(ROOT / "scripts"))
 

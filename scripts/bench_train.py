@@ -62,7 +62,7 @@ if "--smoke" in sys.argv[1:]:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

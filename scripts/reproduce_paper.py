@@ -65,7 +65,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 
 import numpy as np  # noqa: E402
 

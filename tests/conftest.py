@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GLMJAX_SHARED", ROOT.parent / "shared"))
+
+# ``python -m pytest`` puts the checkout first on sys.path, where its top-level kernels/ folder
+# (installed as glmjax.kernels) would shadow any other package named ``kernels`` (transformers
+# imports one). Keep the checkout importable, but after site-packages.
+_here = [p for p in sys.path if Path(p or ".").resolve() == ROOT]
+if _here:
+    sys.path[:] = [p for p in sys.path if p not in _here] + [str(ROOT)]
 
 
 def shared_path(*parts: str) -> Path:
