@@ -54,7 +54,7 @@ def test_report_is_complete_and_valid(audited):
     assert 0.0 <= rep["risk"]["worst_case"] <= 1.0
     assert rep["risk"]["worst_case"] == max(rep["risk"]["vectors"].values())
     attacks = rep["mia"]["attacks"]
-    for name in ("loss", "zlib", "kmer3_entropy", "mink_20", "minkpp_20"):
+    for name in ("loss", "zlib", "kmer3_entropy", "mink_20", "minkpp_20", "dcpdd", "recall", "gradnorm"):
         assert 0.0 <= attacks[name]["auc"] <= 1.0
     assert rep["mia"]["neighbourhood"]["rows"] > 0
     assert {"reference", "lira", "rmia"} <= set(rep["skipped"])
@@ -141,8 +141,8 @@ def test_every_stage_is_timed_and_reported(audited):
     d, res = audited
     rep = json.loads((d / "report" / "report.json").read_text())
     t = rep["timings"]
-    assert list(t) == ["load", "scoring", "mia", "neighbourhood", "exposure_plan", "canary_scoring", "extraction",
-                       "exposure", "statistics"]
+    assert list(t) == ["load", "dcpdd_reference", "scoring", "mia", "neighbourhood", "recall", "gradnorm",
+                       "exposure_plan", "canary_scoring", "extraction", "exposure", "statistics"]
     assert all(v >= 0 for v in t.values()) and sum(t.values()) == pytest.approx(rep["seconds"], abs=0.01)
     assert rep["seconds"] <= res.seconds
     # the exposure plan: one secret length, estimated, enumerated, measured
@@ -155,6 +155,8 @@ def test_every_stage_is_timed_and_reported(audited):
     done = [ln for ln in res.lines if ln.startswith("exposure (exact")]
     assert done and "20,480/20,480 cand" in done[-1] and "cand/s" in done[-1]
     assert any(ln.startswith("scoring (target): ") and "seq/s" in ln for ln in res.lines)
+    assert any(ln.startswith("gradient norm: ") and "seq/s" in ln for ln in res.lines)
+    assert any(ln.startswith("DC-PDD: counting 6-grams of the ") for ln in res.lines)
 
 
 def test_exposure_falls_back_to_sampling_outside_the_budget(audited, capsys):
@@ -234,7 +236,9 @@ def test_audit_cli_bad_inputs(tmp_path, capsys):
     assert main(["audit", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r"),
                  "--fpr", "2"]) == 2
     for flag, value in (("--exact-k-max", "-1"), ("--exact-k-max", "17"), ("--exact-budget", "-5"),
-                        ("--exact-budget", "nan")):
+                        ("--exact-budget", "nan"), ("--dcpdd-cap", "0"), ("--dcpdd-n", "0"),
+                        ("--gradnorm-p", "3"), ("--recall-shots", "-1"),
+                        ("--dcpdd-reference", str(tmp_path / "no.fa"))):
         capsys.readouterr()
         assert main(["audit", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r"),
                      flag, value]) == 2

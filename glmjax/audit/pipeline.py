@@ -14,8 +14,10 @@ every vector it has inputs for:
   canaries for causal families, batched PLL of the secret for masked ones), else the skew-normal
   extrapolation from ``exposure_samples`` random candidates with a bootstrap interval; the
   choice per secret length and its reason land in ``report["exposure_plan"]``;
-* **membership inference** — loss, zlib, k-mer entropy, Min-K%, Min-K%++, neighbourhood, and
-  with a reference model the reference ratio, with shadow models LiRA (online/offline) and RMIA;
+* **membership inference** — loss, zlib, k-mer entropy, Min-K%, Min-K%++, DC-PDD (reduced from
+  the per-token log p while the target model scores the store), neighbourhood, ReCaLL (causal
+  families) and the gradient norm (on sampled rows), with a reference model the reference ratio,
+  with shadow models LiRA (online/offline) and RMIA;
   evaluated on the genome windows (canary copies excluded) with member labels from the split.
 
 Everything lands in ``OUT/``: ``report.json``, ``report.html``, and ``scores/`` (the ScoreStores
@@ -71,6 +73,14 @@ class AuditOptions:
     lira_variance: str = "unbiased"  # or "reference": TF Privacy's np.std conventions (docs/statistics.md)
     lira_centre: str = "mean"  # or "median" of the IN / OUT shadow scores
     rmia_trim: float = 0.0  # proportiontocut of a trimmed mean over the reference models
+    dcpdd: bool = True  # DC-PDD over every genome window (per-token log p reduced on the host)
+    dcpdd_n: int | None = None  # n-gram length in tokens (None: 6 for one token per nucleotide, else 1)
+    dcpdd_cap: float = 0.01  # DC-PDD's cap a
+    dcpdd_reference: str | None = None  # FASTA / store of a public genome (None: the non-member split)
+    recall_shots: int = 1  # non-member sequences in the ReCaLL prefix (0: no ReCaLL)
+    recall_rows: int = 1000  # evaluated sequences per class for ReCaLL
+    gradnorm_rows: int = 1000  # evaluated sequences per class for the gradient-norm attack (0: off)
+    gradnorm_p: float = float("inf")  # the norm of the gradient-norm attack (1, 2 or inf)
 
 
 @dataclass
@@ -108,13 +118,57 @@ def _load(model: LoadedModel | str | Path, opts: AuditOptions) -> LoadedModel:
     return models.load(model, trust_pickle=opts.trust_pickle, dtype=opts.dtype)
 
 
-def _score(model: LoadedModel, store: Path, out: Path, opts: AuditOptions, label: str = "scoring", log=None):
+def _score(model: LoadedModel, store: Path, out: Path, opts: AuditOptions, label: str = "scoring", log=None,
+           token_reducer=None, reduced: dict | None = None):
+    """Score ``store`` into ``out``; a ``token_reducer``'s columns are put into ``reduced``."""
     from glmjax.engine.runner import score
     from glmjax.engine.scorestore import ScoreStore
 
-    score(model, store, out, pll=opts.pll if model.objective == "masked" else None, seed=opts.seed,
-          batch_tokens=opts.batch_tokens, overwrite=True, resume=False, label=label, log=log)
+    summary = score(model, store, out, pll=opts.pll if model.objective == "masked" else None, seed=opts.seed,
+                    batch_tokens=opts.batch_tokens, overwrite=True, resume=False, label=label, log=log,
+                    token_reducer=token_reducer)
+    if reduced is not None and summary.reduced is not None:
+        reduced.update(summary.reduced)
     return ScoreStore(out)
+
+
+def _sample(labels: np.ndarray, per_class: int, seed: int, tag: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Up to ``per_class`` positions of each class (sorted), drawn with ``(seed, tag)``."""
+    rng = np.random.default_rng([seed, tag])
+    keep = np.ones(labels.shape[0], bool)
+    if exclude is not None:
+        keep[exclude] = False
+    pos, neg = np.flatnonzero(labels & keep), np.flatnonzero(~labels & keep)
+    return np.sort(np.concatenate([rng.permutation(pos)[:per_class], rng.permutation(neg)[:per_class]]))
+
+
+def _write_store(path: Path, seqs: list[np.ndarray], purpose: str) -> None:
+    w = SequenceStoreWriter(path, provenance={"purpose": purpose})
+    for lo in range(0, len(seqs), 8192):
+        w.add([Record(f"r{i}", s) for i, s in enumerate(seqs[lo:lo + 8192], start=lo)])
+    w.finalize()
+
+
+def _dcpdd_setup(target: LoadedModel, store: SequenceStore, genome: np.ndarray, labels: np.ndarray,
+                 opts: AuditOptions, reference_rows: list[np.ndarray] | None, log):
+    """The DC-PDD reducer and the description of its reference, or ``(None, why not)``."""
+    from glmjax.audit import modelattacks as MA
+    from glmjax.tokenizers import CharTokenizer
+
+    n = opts.dcpdd_n or (6 if isinstance(target.tokenizer, CharTokenizer) else 1)
+    if reference_rows is not None:
+        rows = reference_rows
+        log(f"DC-PDD: counting {n}-grams of {opts.dcpdd_reference} ({sum(len(r) for r in rows):,} nt)")
+        table = MA.dcpdd_table(target.tokenizer, rows, n, source=str(opts.dcpdd_reference))
+        return MA.dcpdd_reducer(table, opts.dcpdd_cap), {**table.to_dict(), "cap": opts.dcpdd_cap,
+                                                         "leave_one_out": False}
+    nonmem = genome[~labels]
+    log(f"DC-PDD: counting {n}-grams of the {len(nonmem):,} non-member windows (left out of their own scores)")
+    table = MA.dcpdd_table(target.tokenizer, store.take(nonmem), n, source="non-member split")
+    in_ref = np.zeros(len(store), bool)
+    in_ref[nonmem] = True
+    return MA.dcpdd_reducer(table, opts.dcpdd_cap, in_reference=in_ref), {
+        **table.to_dict(), "cap": opts.dcpdd_cap, "leave_one_out": True}
 
 
 def _cols(ss, rows: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -218,6 +272,11 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     store = SequenceStore(data)
     manifest = _manifest(canaries)
     shadow_models = _read_shadows(Path(shadows), store) if shadows is not None else None
+    dcpdd_genome = None
+    if opts.dcpdd and opts.dcpdd_reference is not None:
+        from glmjax.audit.modelattacks import fasta_rows
+
+        dcpdd_genome = fasta_rows(opts.dcpdd_reference)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sdir = out / "scores"
@@ -235,8 +294,6 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     laps.lap("load")
 
     # ---------------------------------------------------------------- target scores on the store
-    log(f"scoring {len(store):,} sequences with the target model ({target.family})")
-    tss = _score(target, data, sdir / "target.h5", opts, "scoring (target)", log)
     kinds = np.asarray(store.column("kind"))
     genome = np.flatnonzero(kinds != "canary")
     if store.has_split:
@@ -244,6 +301,15 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     else:
         member = None
         skipped["mia"] = "the store has no member/non-member split (run glmjax data split)"
+    reducer, dcpdd_info, reduced = None, None, {}
+    if member is not None and opts.dcpdd and member[genome].any() and not member[genome].all():
+        reducer, dcpdd_info = _dcpdd_setup(target, store, genome, member[genome], opts, dcpdd_genome, log)
+        laps.lap("dcpdd_reference")
+    elif not opts.dcpdd:
+        skipped["dcpdd"] = "turned off (--no-dcpdd)"
+    log(f"scoring {len(store):,} sequences with the target model ({target.family})")
+    tss = _score(target, data, sdir / "target.h5", opts, "scoring (target)", log, token_reducer=reducer,
+                 reduced=reduced)
     names = ("sum_logp", "mean_logp", "n_tokens", "n_nucleotides",
              *[f"mink_{p}" for p in opts.mink_percents], *[f"minkpp_{p}" for p in opts.mink_percents])
     tcols = _cols(tss, genome, names)
@@ -272,7 +338,7 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
         laps.lap("reference")
 
     # ---------------------------------------------------------------- membership inference
-    nb_scores = None
+    sample_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # attack -> (positions, scores)
     if member is not None:
         log("membership-inference attacks")
         seqs = store.take(genome) if len(genome) < len(store) else store.sequences()
@@ -286,20 +352,26 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
         else:
             skipped["reference"] = "no --reference model given"
         scores = MIA.attack_scores(tcols, **kw)
+        if "dcpdd" in reduced:
+            scores["dcpdd"] = np.asarray(reduced["dcpdd"], np.float64)[genome]
+            result.attack_info["dcpdd"] = dcpdd_info
         laps.lap("mia")
         if opts.neighbours > 0:
-            rng = np.random.default_rng([opts.seed, 0xE1])
-            pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-            pick = np.sort(np.concatenate([rng.permutation(pos)[:opts.neighbour_rows],
-                                           rng.permutation(neg)[:opts.neighbour_rows]]))
+            pick = _sample(labels, opts.neighbour_rows, opts.seed, 0xE1)
             log(f"neighbourhood attack: {opts.neighbours} neighbours x {len(pick):,} sequences")
             _neighbour_store(work / "neighbours_input.h5", [seqs[i] for i in pick], opts.neighbours,
                              opts.neighbour_rate, opts.seed)
             nss = _score(target, work / "neighbours_input.h5", sdir / "neighbours.h5", opts,
                          "scoring (neighbours)", log)
             nb = np.asarray(nss.column("sum_logp")).reshape(len(pick), opts.neighbours)
-            nb_scores = (pick, MIA.neighbourhood_score(tcols["sum_logp"][pick], nb))
+            sample_scores["neighbourhood"] = (pick, MIA.neighbourhood_score(tcols["sum_logp"][pick], nb))
             laps.lap("neighbourhood")
+        else:
+            skipped["neighbourhood"] = "turned off (--neighbours 0)"
+        _recall(target, seqs, labels, tcols, opts, work, sdir, sample_scores, result, skipped, log)
+        laps.lap("recall")
+        _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log)
+        laps.lap("gradnorm")
         if shadow_models is not None:
             dirs, inc = shadow_models
             log(f"scoring with {len(dirs)} shadow models")
@@ -407,14 +479,13 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
                      "reference": None if ref_model is None else str(ref_model.source),
                      "shadows": None if shadows is None else str(shadows)}
     log("statistics and report")
-    if nb_scores is not None:  # evaluated on its sampled rows; it counts towards the MIA risk
-        pick, nbs = nb_scores
-        result.mia_sample_scores["neighbourhood"] = (labels[pick], nbs)
+    for name, (pick, sc) in sample_scores.items():  # evaluated on sampled rows; they count towards the risk
+        result.mia_sample_scores[name] = (labels[pick], sc)
     if result.mia_scores:
         from glmjax.audit.scoretable import write_membership_scores
 
         write_membership_scores(sdir / "membership.h5", genome, store.column("id")[genome], labels,
-                                result.mia_scores, None if nb_scores is None else {"neighbourhood": nb_scores},
+                                result.mia_scores, sample_scores or None,
                                 provenance={"model": provenance["model"], "data": str(data)})
     report = evaluate(result, reveal=reveal)
     if extraction_info is not None:
@@ -428,6 +499,66 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     paths = write_report(report, out)
     store.close()
     return AuditOutcome(report, paths, time.perf_counter() - laps.t0)
+
+
+def _recall(target, seqs, labels, tcols, opts, work, sdir, sample_scores, result, skipped, log) -> None:
+    """ReCaLL on up to ``recall_rows`` sequences per class (see :mod:`glmjax.audit.modelattacks`)."""
+    from glmjax.audit import modelattacks as MA
+
+    if opts.recall_shots <= 0 or opts.recall_rows <= 0:
+        skipped["recall"] = "turned off (--recall-shots 0)"
+        return
+    why = MA.recall_support(target)
+    nonmem = np.flatnonzero(~labels)
+    if why is None and len(nonmem) <= opts.recall_shots:
+        why = f"needs more than {opts.recall_shots} non-member windows for the prefix"
+    if why is not None:
+        skipped["recall"] = why
+        return
+    # the prefix comes first: its sequences are not evaluated
+    pick0 = _sample(labels, opts.recall_rows, opts.seed, 0x9EC)
+    longest = max(len(seqs[i]) for i in pick0)
+    context = target.config.max_len
+    budget = (sum(len(seqs[i]) for i in nonmem) if context is None
+              else int(context) - target.tokenizer.max_tokens(longest))
+    if budget < 1:
+        skipped["recall"] = (f"the model's context ({context} tokens) leaves no room for a prefix before a "
+                             f"{longest:,} nt sequence")
+        return
+    prefix, used = MA.recall_prefix([seqs[i] for i in nonmem], opts.recall_shots, budget, opts.seed)
+    pick = _sample(labels, opts.recall_rows, opts.seed, 0x9EC, exclude=nonmem[used])
+    log(f"ReCaLL: {len(pick):,} sequences conditioned on a {len(prefix):,} nt non-member prefix")
+    _write_store(work / "recall_input.h5", [prefix] + [np.concatenate([prefix, seqs[i]]) for i in pick],
+                 "ReCaLL: a non-member prefix, then the prefix before each evaluated sequence")
+    rss = _score(target, work / "recall_input.h5", work / "recall.h5", opts, "scoring (ReCaLL)", log)
+    sp, n_px = np.asarray(rss.column("sum_logp")), np.asarray(rss.column("n_tokens"))
+    rss.close()
+    cond = MA.conditional_mean_logp(sp[1:], n_px[1:], float(sp[0]), int(n_px[0]))
+    sample_scores["recall"] = (pick, MA.recall_ratio(cond, tcols["mean_logp"][pick]))
+    result.attack_info["recall"] = {"shots": opts.recall_shots, "prefix_nucleotides": int(len(prefix)),
+                                    "rows_per_class": opts.recall_rows}
+
+
+def _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log) -> None:
+    """The gradient-norm attack on up to ``gradnorm_rows`` sequences per class."""
+    from glmjax.audit import modelattacks as MA
+
+    if opts.gradnorm_rows <= 0:
+        skipped["gradnorm"] = "turned off (--gradnorm-rows 0)"
+        return
+    why = MA.gradnorm_support(target)
+    if why is not None:
+        skipped["gradnorm"] = why
+        return
+    pick = _sample(labels, opts.gradnorm_rows, opts.seed, 0x96)
+    log(f"gradient-norm attack: per-sequence gradients of {len(pick):,} sequences")
+    with progress("gradient norm", total=len(pick), unit="seq", log=log) as bar:
+        s = MA.gradnorm_scores(target, [seqs[i] for i in pick], p=opts.gradnorm_p, seed=opts.seed,
+                               rows=genome[pick], on_rows=bar.advance)
+    sample_scores["gradnorm"] = (pick, s)
+    result.attack_info["gradnorm"] = {"p": _json_option(opts.gradnorm_p), "rows_per_class": opts.gradnorm_rows,
+                                      "loss": "next-token" if target.objective == "causal"
+                                      else "masked-LM, 15 % of the nucleotide tokens masked"}
 
 
 def _json_option(v: Any) -> Any:

@@ -92,6 +92,8 @@ class AuditResult:
       mia_sample_scores: attack name -> (labels bool [n], scores float [n]) for attacks run on a
         sample of the rows (the neighbourhood attack); they count towards the risk like the others
         and their entry says how many rows they saw (``rows``).
+      attack_info: attack name -> its settings (DC-PDD's reference, ReCaLL's prefix, the
+        gradient norm's p), reported as the attack entry's ``settings``.
       one_run: optional (scores [m], included [m]) of canaries inserted with probability 1/2 for
         the one-run ε audit.
     """
@@ -112,6 +114,7 @@ class AuditResult:
     mia_scores: dict[str, np.ndarray] = field(default_factory=dict)
     mia_labels: np.ndarray | None = None
     mia_sample_scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    attack_info: dict[str, dict] = field(default_factory=dict)
     one_run: tuple[np.ndarray, np.ndarray] | None = None
     fpr_targets: Sequence[float] = (0.001, 0.01)
     detection_fpr: float = 0.01
@@ -290,6 +293,9 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
         entries = {k: a.to_dict() for k, a in attacks.items()}
         for k in result.mia_sample_scores:
             entries[k]["rows"] = int(len(inputs[k][1]))
+        for k, info in result.attack_info.items():
+            if k in entries:
+                entries[k]["settings"] = dict(info)
         hulls = {k: M.roc_hull(lab, sc) for k, (lab, sc) in inputs.items()}
         for k, hull in hulls.items():  # jax_privacy's randomised-threshold numbers, named apart
             entries[k]["randomised"] = M.randomised_metrics(hull, fpr_targets=fpr_targets)

@@ -47,10 +47,28 @@ def register(sub) -> None:
     p.add_argument("--rmia-trim", type=A.number(0.0, 0.5, high_open=True), default=0.0, metavar="FRACTION",
                    help="RMIA: trim this fraction of reference models from each end when averaging p(x) "
                    "(scipy.stats.trim_mean; default 0: the mean)")
+    p.add_argument("--no-dcpdd", action="store_true",
+                   help="skip DC-PDD (on by default: the model's k-mer probabilities calibrated by reference "
+                   "k-mer frequencies)")
+    p.add_argument("--dcpdd-n", type=A.positive_int, metavar="N",
+                   help="DC-PDD unit: n-grams of N tokens (default 6 for one token per nucleotide, else 1)")
+    p.add_argument("--dcpdd-cap", type=A.number(0.0, low_open=True), default=0.01, metavar="A",
+                   help="DC-PDD's cap a on each unit's score (default 0.01, as the reference implementation)")
+    p.add_argument("--dcpdd-reference", metavar="FASTA",
+                   help="public genome (FASTA or SequenceStore) for DC-PDD's reference frequencies (default: "
+                   "the non-member split, each non-member left out of its own counts)")
+    p.add_argument("--recall-shots", type=A.count, default=1,
+                   help="ReCaLL: non-member sequences in the prefix (causal families; default 1, 0: off)")
+    p.add_argument("--recall-rows", type=A.positive_int, default=1000,
+                   help="ReCaLL: sequences evaluated per class (default 1000)")
+    p.add_argument("--gradnorm-rows", type=A.count, default=1000,
+                   help="gradient-norm attack: sequences evaluated per class (default 1000, 0: off)")
+    p.add_argument("--gradnorm-p", choices=["1", "2", "inf"], default="inf",
+                   help="gradient-norm attack: the norm of each parameter tensor's gradient (default inf, as mimir)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--reveal", action="store_true", help="write raw canary secrets into the report")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
-    p.set_defaults(func=run, io=(("model", "data", "canaries", "reference", "shadows"), ("out",)))
+    p.set_defaults(func=run, io=(("model", "data", "canaries", "reference", "shadows", "dcpdd_reference"), ("out",)))
 
 
 def run(args) -> int:
@@ -64,17 +82,20 @@ def run(args) -> int:
                           "that fits)")
     if not args.exact_budget >= 0:
         raise ConfigError("--exact-budget must be a number of seconds >= 0 (inf: no limit)")
-    for name in ("model", "data", "canaries", "reference", "shadows"):
+    for name in ("model", "data", "canaries", "reference", "shadows", "dcpdd_reference"):
         v = getattr(args, name)
         if v is not None and not Path(v).exists():
-            raise ConfigError(f"--{name} {v}: no such file or folder")
+            raise ConfigError(f"--{name.replace('_', '-')} {v}: no such file or folder")
     opts = AuditOptions(pll=args.pll, dtype={"fp32": "float32", "bf16": "bfloat16"}.get(args.dtype),
                         batch_tokens=args.batch_tokens, exact_k_max=args.exact_k_max,
                         exact_budget_s=args.exact_budget,
                         exposure_samples=args.exposure_samples, beam_width=args.beam_width,
                         neighbours=args.neighbours, n_bootstrap=args.bootstrap, detection_fpr=args.fpr,
                         seed=args.seed, trust_pickle=args.trust_pickle, lira_variance=args.lira_variance,
-                        lira_centre=args.lira_centre, rmia_trim=args.rmia_trim)
+                        lira_centre=args.lira_centre, rmia_trim=args.rmia_trim, dcpdd=not args.no_dcpdd,
+                        dcpdd_n=args.dcpdd_n, dcpdd_cap=args.dcpdd_cap, dcpdd_reference=args.dcpdd_reference,
+                        recall_shots=args.recall_shots, recall_rows=args.recall_rows,
+                        gradnorm_rows=args.gradnorm_rows, gradnorm_p=float(args.gradnorm_p))
     res = run_audit(args.model, args.data, args.out, canaries=args.canaries, reference=args.reference,
                     shadows=args.shadows, opts=opts, reveal=args.reveal)
     print_summary(res.report)

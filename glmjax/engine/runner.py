@@ -344,6 +344,8 @@ class _Block:
     done_batches: int = 0
     row_stats: np.ndarray | None = None
     token_values: list | None = None
+    token_ids: list | None = None       # token_reducer: scored token ids per piece
+    token_logp: list | None = None      # token_reducer: their log p (NaN: no prediction)
 
 
 @dataclass
@@ -364,6 +366,7 @@ class ScoreSummary:
     seconds: float
     mode: ScoringMode
     shapes: set = field(default_factory=set)
+    reduced: dict[str, np.ndarray] | None = None  # token_reducer's columns, one value per row
 
     @property
     def sequences_per_s(self) -> float:
@@ -523,7 +526,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
           process_index: int = 0, process_count: int = 1, inflight: int = 3, prefetch: int = 6,
           chunk: int | None = None, on_commit: Callable[[int], None] | None = None,
           host_workers: int | None = None, label: str = "scoring",
-          log: Callable[[str], None] | None = None) -> ScoreSummary:
+          log: Callable[[str], None] | None = None, token_reducer: TokenReducer | None = None) -> ScoreSummary:
     """Score every sequence of ``input_path`` with ``model`` into a ScoreStore at ``out``.
 
     Args:
@@ -554,6 +557,11 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
       label: the progress bar's label.
       log: where plain progress lines go when no terminal bar is shown (see
         :func:`glmjax.progress.progress`).
+      token_reducer: ``f(lo, hi, ids, logp) -> {name: array [hi - lo]}`` called on the host for
+        every block of rows ``lo..hi`` with, per row, the scored token ids (int32) and their
+        log p (float32, NaN where the mode gave no prediction, e.g. a causal row's first token);
+        its columns, in row order, come back in :attr:`ScoreSummary.reduced` (statistics of
+        per-token values, such as DC-PDD's, without storing them). Needs ``resume=False``.
 
     Raises:
       GlmjaxError: bad input, options or over-long sequences, before anything is written.
@@ -571,6 +579,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
     if host_workers is not None and host_workers < 1:
         raise ConfigError(f"host_workers must be at least 1, not {host_workers}")
     workers = host_workers or default_host_workers()
+    if token_reducer is not None and resume:
+        raise ConfigError("a token reducer sees every row once: score with resume=False")
     out_path = shard_path(out, process_index, process_count)
     if out_path.exists() and not overwrite:
         raise StoreError(f"{out_path} already exists; choose another output or pass --overwrite")
@@ -588,7 +598,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
         context = model.config.max_len
         check_lengths(source, lo, hi, tokenizer, context, window)
         mesh = sharding.make_mesh(devices)
-        need_tokens = per_token or window is not None
+        need_tokens = per_token or window is not None or token_reducer is not None
         scorer = Scorer(model, mode, mesh, per_token=need_tokens, batch_tokens=batch_tokens, chunk=chunk)
         policy = batching.padding_policy(model.spec)
         mprov = model_provenance(model)
@@ -608,7 +618,8 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
             summary = _run(source, scorer, writer, lo + writer.rows, hi, hi - lo, tokenizer, model.objective, mode,
                            policy, context, window, per_token,
                            block_bounds(source.lengths()[lo:hi], block_rows, block_nucleotides) + lo,
-                           inflight, prefetch, on_commit, workers=workers, label=label, log=log)
+                           inflight, prefetch, on_commit, workers=workers, label=label, log=log,
+                           token_reducer=token_reducer)
             summary.out = writer.finalize()
             summary.resumed_rows = writer.resumed_rows
             summary.rows = writer.rows
@@ -687,7 +698,7 @@ _STOP = object()
 def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int, shard_rows: int, tokenizer,
          objective: str, mode: ScoringMode, policy: str, context: int | None, window: int | None, per_token: bool,
          bounds: np.ndarray, inflight: int, prefetch: int, on_commit, workers: int = 1, label: str = "scoring",
-         log=None) -> ScoreSummary:
+         log=None, token_reducer: TokenReducer | None = None) -> ScoreSummary:
     from glmjax.progress import progress
 
     # batch sizes depend on the shard's size, not on what is left of it, so a resumed run builds
@@ -717,6 +728,8 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
         blk.num_batches = len(plan)
         blk.row_stats = np.zeros((len(blk.tokens), len(ROW_STATS)), np.float32)
         blk.token_values = [None] * len(blk.tokens) if want_tokens else None
+        if token_reducer is not None:
+            blk.token_ids, blk.token_logp = [None] * len(blk.tokens), [None] * len(blk.tokens)
         host = [batching.assemble(blk.tokens, idx, length, scorer.rows_per_batch(length, total_pieces_cap),
                                   tokenizer.pad_id, blk.seq + b0, blk.piece) for length, idx in plan]
         blk.tokens = None  # the batches hold what is still needed
@@ -763,6 +776,8 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
             blk = item
             try:
                 cols, toks = _finish_block(blk, source.ids(blk.lo, blk.hi), mode, per_token)
+                if token_reducer is not None:
+                    reduced.append(_reduce_block(blk, token_reducer))
                 writer.add(cols, toks)
                 if on_commit is not None:
                     on_commit(writer.rows)
@@ -772,6 +787,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
     prod = threading.Thread(target=producer, name="glmjax-batches", daemon=True)
     wthr = threading.Thread(target=writer_loop, name="glmjax-writer", daemon=True)
     pending: deque = deque()
+    reduced: list[dict[str, np.ndarray]] = []
     t0 = time.perf_counter()
 
     def collect(bar) -> None:
@@ -790,6 +806,12 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
             mask = target_mask(b.scored, objective)
             for r in np.flatnonzero(real):
                 item.block.token_values[b.pieces[r]] = tok[r][mask[r]]
+            if token_reducer is not None:
+                sc = np.asarray(b.scored, bool)
+                for r in np.flatnonzero(real):
+                    item.block.token_ids[b.pieces[r]] = np.asarray(b.ids[r][sc[r]], np.int32)
+                    item.block.token_logp[b.pieces[r]] = np.where(mask[r][sc[r]], tok[r][sc[r], 0],
+                                                                  np.nan).astype(np.float32)
         done = int(item.block.n_target[b.pieces[real]].sum())
         summary.tokens += done
         bar.advance(0, tokens=done)  # the token rate moves while a long sequence is still being scored
@@ -831,5 +853,29 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
     if errors:
         raise errors[0]
     summary.seconds = time.perf_counter() - t0
+    if token_reducer is not None:
+        names = reduced[0].keys() if reduced else ()
+        summary.reduced = {k: np.concatenate([r[k] for r in reduced]) for k in names}
     return summary
+
+
+TokenReducer = Callable[[int, int, list, list], dict]
+
+
+def _reduce_block(blk: _Block, reducer: TokenReducer) -> dict[str, np.ndarray]:
+    """A token reducer's columns for one block: its pieces joined per row, in row order."""
+    nrows = blk.hi - blk.lo
+    counts = np.bincount(blk.seq, minlength=nrows)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+    def rows(parts):
+        return [np.concatenate([parts[p] for p in range(first[r], first[r] + counts[r])])
+                if counts[r] != 1 else parts[first[r]] for r in range(nrows)]
+
+    out = reducer(blk.lo, blk.hi, rows(blk.token_ids), rows(blk.token_logp))
+    bad = [k for k, v in out.items() if np.shape(v) != (nrows,)]
+    if bad:
+        raise ValueError(f"token reducer column {bad[0]!r} has shape {np.shape(out[bad[0]])}, not ({nrows},)")
+    blk.token_ids = blk.token_logp = None
+    return {k: np.asarray(v) for k, v in out.items()}
 
