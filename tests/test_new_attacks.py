@@ -78,14 +78,17 @@ def test_dcpdd_matches_the_loop_reference(n, vocab, cap):
     toks[1] = np.array([1])                                # shorter than n (for n > 1): score 0
     lps[1] = np.array([np.nan])                            # no prediction at all: score 0
     ref = [rng.integers(0, vocab, size=rng.integers(1, 50)) for _ in range(30)]
-    table = DC.ngram_table(ref, n, vocab)
+    table = DC.ngram_table(ref, n)
     got = DC.dcpdd_scores(toks, lps, table, cap=cap)
     want = _dcpdd_loop(toks, lps, ref, n, cap)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     assert got[1] == 0.0
     # unigrams: exactly the reference implementation's (1 + count) / (sum + |V|) smoothing
-    if n == 1:
-        assert table.alphabet == len({int(t) for r in ref for t in r})
+    assert table.alphabet == len({int(t) for r in ref for t in r})
+    # a token the reference never saw (id 99) is its own symbol, with count 0
+    other = DC.dcpdd_scores([np.array([99] * n)], [np.full(n, -0.1)], table, cap=cap)
+    f = 1 / (table.total + table.alphabet ** n)
+    assert other[0] == pytest.approx(min(math.exp(-0.1 * n) * -math.log(f), cap))
 
 
 def test_dcpdd_leave_one_out_and_chunked_tables():
@@ -95,28 +98,36 @@ def test_dcpdd_leave_one_out_and_chunked_tables():
     ref = [toks[i] for i in ref_idx] + [rng.integers(0, 4, size=30) for _ in range(10)]
     leave = np.zeros(40, bool)
     leave[ref_idx] = True
-    whole = DC.ngram_table(ref, 4, 4)
-    chunked = DC.merge_tables([DC.ngram_table(ref[:7], 4, 4), DC.ngram_table(ref[7:], 4, 4)], alphabet=4)
+    whole = DC.ngram_table(ref, 4)
+    chunked = DC.merge_tables([DC.ngram_table(ref[:7], 4, np.arange(4)), DC.ngram_table(ref[7:], 4, np.arange(4))])
     np.testing.assert_array_equal(whole.grams, chunked.grams)
     np.testing.assert_array_equal(whole.counts, chunked.counts)
     assert whole.total == chunked.total
     got = DC.dcpdd_scores(toks, lps, chunked, cap=0.02, leave_out=leave)
     want = _dcpdd_loop(toks, lps, ref, 4, 0.02, leave_out=leave, alphabet=4)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    # the threaded version over chunks of rows gives the same numbers
+    np.testing.assert_array_equal(DC.dcpdd_scores_parallel(toks, lps, chunked, cap=0.02, leave_out=leave,
+                                                           workers=3, chunk_tokens=100), got)
     # leaving a row out matters: its own n-grams no longer make it look common
     plain = DC.dcpdd_scores(toks, lps, chunked, cap=0.02)
     assert (got[leave] >= plain[leave] - 1e-15).all() and (got[leave] > plain[leave]).any()
     np.testing.assert_array_equal(got[~leave], plain[~leave])
     with pytest.raises(ConfigError, match="not in it"):
         DC.dcpdd_scores([np.array([3, 3, 3, 3, 3, 3])], [np.zeros(6)],
-                        DC.ngram_table([np.array([0, 1, 2, 3])], 4, 4), leave_out=np.array([True]))
+                        DC.ngram_table([np.array([0, 1, 2, 3])], 4), leave_out=np.array([True]))
     with pytest.raises(ConfigError, match="62 bits"):
         DC.gram_ids(np.zeros(3, np.int64), np.array([0, 3]), 20, 512)
+    # a large n-gram space (no dense table) gives the same scores through its sorted counts
+    big = DC.ngram_table(ref, 13)
+    assert big._dense is None
+    np.testing.assert_allclose(DC.dcpdd_scores(toks, lps, big, cap=0.02),
+                               _dcpdd_loop(toks, lps, ref, 13, 0.02, alphabet=big.alphabet), rtol=1e-12, atol=1e-15)
 
 
 def test_dcpdd_of_a_sure_prediction_is_the_cap():
     """p = 1 on every token and rare n-grams: every alpha hits the cap a."""
-    table = DC.ngram_table([np.array([0, 1, 0, 1, 0, 1])], 1, 4)
+    table = DC.ngram_table([np.array([0, 1, 0, 1, 0, 1])], 1)
     s = DC.dcpdd_scores([np.array([2, 3, 2])], [np.zeros(3)], table, cap=0.01)
     assert s[0] == pytest.approx(0.01)
 

@@ -94,13 +94,14 @@ def conditional_mean_logp(sum_px: np.ndarray, n_px: np.ndarray, sum_p: float, n_
 
 def dcpdd_table(tokenizer, rows: list[np.ndarray], n: int, source: str, chunk: int = 4096) -> DC.NgramTable:
     """Reference n-gram counts over the scored tokens of sequences (uint8 code arrays)."""
-    tables = []
-    alphabet: set[int] = set()
-    for lo in range(0, len(rows), chunk):
-        toks = scored_tokens(tokenizer, rows[lo:lo + chunk])
-        alphabet.update(np.unique(np.concatenate(toks)).tolist() if toks else [])
-        tables.append(DC.ngram_table(toks, n, tokenizer.vocab_size, source))
-    return DC.merge_tables(tables, alphabet=max(1, len(alphabet)))
+    if not rows:
+        raise ConfigError("DC-PDD needs a non-empty reference")
+    spans = range(0, len(rows), chunk)
+    # two passes (the alphabet, then the counts) keep one chunk of tokens in memory at a time
+    alphabet = np.unique(np.concatenate([DC.distinct_tokens(np.concatenate(scored_tokens(tokenizer, rows[lo:lo + chunk])))
+                                         for lo in spans]))
+    return DC.merge_tables([DC.ngram_table(scored_tokens(tokenizer, rows[lo:lo + chunk]), n, alphabet, source)
+                            for lo in spans])
 
 
 def scored_tokens(tokenizer, rows: list[np.ndarray]) -> list[np.ndarray]:
@@ -123,7 +124,7 @@ def dcpdd_reducer(table: DC.NgramTable, cap: float, store_rows: np.ndarray | Non
 
     def reduce(lo: int, hi: int, ids: list, logp: list) -> dict:
         leave = None if in_reference is None else np.asarray(in_reference[lo:hi], bool)
-        return {"dcpdd": DC.dcpdd_scores(ids, logp, table, cap=cap, leave_out=leave)}
+        return {"dcpdd": DC.dcpdd_scores_parallel(ids, logp, table, cap=cap, leave_out=leave)}
 
     return reduce
 

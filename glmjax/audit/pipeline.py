@@ -149,8 +149,8 @@ def _write_store(path: Path, seqs: list[np.ndarray], purpose: str) -> None:
     w.finalize()
 
 
-def _dcpdd_setup(target: LoadedModel, store: SequenceStore, genome: np.ndarray, labels: np.ndarray,
-                 opts: AuditOptions, reference_rows: list[np.ndarray] | None, log):
+def _dcpdd_setup(target: LoadedModel, seqs: list[np.ndarray], n_store: int, genome: np.ndarray,
+                 labels: np.ndarray, opts: AuditOptions, reference_rows: list[np.ndarray] | None, log):
     """The DC-PDD reducer and the description of its reference, or ``(None, why not)``."""
     from glmjax.audit import modelattacks as MA
     from glmjax.tokenizers import CharTokenizer
@@ -162,11 +162,11 @@ def _dcpdd_setup(target: LoadedModel, store: SequenceStore, genome: np.ndarray, 
         table = MA.dcpdd_table(target.tokenizer, rows, n, source=str(opts.dcpdd_reference))
         return MA.dcpdd_reducer(table, opts.dcpdd_cap), {**table.to_dict(), "cap": opts.dcpdd_cap,
                                                          "leave_one_out": False}
-    nonmem = genome[~labels]
+    nonmem = np.flatnonzero(~labels)
     log(f"DC-PDD: counting {n}-grams of the {len(nonmem):,} non-member windows (left out of their own scores)")
-    table = MA.dcpdd_table(target.tokenizer, store.take(nonmem), n, source="non-member split")
-    in_ref = np.zeros(len(store), bool)
-    in_ref[nonmem] = True
+    table = MA.dcpdd_table(target.tokenizer, [seqs[i] for i in nonmem], n, source="non-member split")
+    in_ref = np.zeros(n_store, bool)
+    in_ref[genome[nonmem]] = True
     return MA.dcpdd_reducer(table, opts.dcpdd_cap, in_reference=in_ref), {
         **table.to_dict(), "cap": opts.dcpdd_cap, "leave_one_out": True}
 
@@ -301,9 +301,11 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     else:
         member = None
         skipped["mia"] = "the store has no member/non-member split (run glmjax data split)"
-    reducer, dcpdd_info, reduced = None, None, {}
+    reducer, dcpdd_info, reduced, seqs = None, None, {}, None
+    if member is not None:
+        seqs = store.take(genome) if len(genome) < len(store) else store.sequences()
     if member is not None and opts.dcpdd and member[genome].any() and not member[genome].all():
-        reducer, dcpdd_info = _dcpdd_setup(target, store, genome, member[genome], opts, dcpdd_genome, log)
+        reducer, dcpdd_info = _dcpdd_setup(target, seqs, len(store), genome, member[genome], opts, dcpdd_genome, log)
         laps.lap("dcpdd_reference")
     elif not opts.dcpdd:
         skipped["dcpdd"] = "turned off (--no-dcpdd)"
@@ -341,7 +343,6 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     sample_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # attack -> (positions, scores)
     if member is not None:
         log("membership-inference attacks")
-        seqs = store.take(genome) if len(genome) < len(store) else store.sequences()
         flat = np.concatenate(seqs) if seqs else np.zeros(0, np.uint8)
         offs = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
         kw: dict[str, Any] = {"zlib_code_bits": MIA.zlib_bits(flat, offs),
@@ -368,10 +369,10 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
             laps.lap("neighbourhood")
         else:
             skipped["neighbourhood"] = "turned off (--neighbours 0)"
-        _recall(target, seqs, labels, tcols, opts, work, sdir, sample_scores, result, skipped, log)
-        laps.lap("recall")
-        _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log)
-        laps.lap("gradnorm")
+        if _recall(target, seqs, labels, tcols, opts, work, sample_scores, result, skipped, log):
+            laps.lap("recall")
+        if _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log):
+            laps.lap("gradnorm")
         if shadow_models is not None:
             dirs, inc = shadow_models
             log(f"scoring with {len(dirs)} shadow models")
@@ -501,20 +502,21 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     return AuditOutcome(report, paths, time.perf_counter() - laps.t0)
 
 
-def _recall(target, seqs, labels, tcols, opts, work, sdir, sample_scores, result, skipped, log) -> None:
-    """ReCaLL on up to ``recall_rows`` sequences per class (see :mod:`glmjax.audit.modelattacks`)."""
+def _recall(target, seqs, labels, tcols, opts, work, sample_scores, result, skipped, log) -> bool:
+    """ReCaLL on up to ``recall_rows`` sequences per class (see :mod:`glmjax.audit.modelattacks`);
+    False (and the reason in ``skipped``) when it does not run."""
     from glmjax.audit import modelattacks as MA
 
     if opts.recall_shots <= 0 or opts.recall_rows <= 0:
         skipped["recall"] = "turned off (--recall-shots 0)"
-        return
+        return False
     why = MA.recall_support(target)
     nonmem = np.flatnonzero(~labels)
     if why is None and len(nonmem) <= opts.recall_shots:
         why = f"needs more than {opts.recall_shots} non-member windows for the prefix"
     if why is not None:
         skipped["recall"] = why
-        return
+        return False
     # the prefix comes first: its sequences are not evaluated
     pick0 = _sample(labels, opts.recall_rows, opts.seed, 0x9EC)
     longest = max(len(seqs[i]) for i in pick0)
@@ -524,7 +526,7 @@ def _recall(target, seqs, labels, tcols, opts, work, sdir, sample_scores, result
     if budget < 1:
         skipped["recall"] = (f"the model's context ({context} tokens) leaves no room for a prefix before a "
                              f"{longest:,} nt sequence")
-        return
+        return False
     prefix, used = MA.recall_prefix([seqs[i] for i in nonmem], opts.recall_shots, budget, opts.seed)
     pick = _sample(labels, opts.recall_rows, opts.seed, 0x9EC, exclude=nonmem[used])
     log(f"ReCaLL: {len(pick):,} sequences conditioned on a {len(prefix):,} nt non-member prefix")
@@ -537,19 +539,21 @@ def _recall(target, seqs, labels, tcols, opts, work, sdir, sample_scores, result
     sample_scores["recall"] = (pick, MA.recall_ratio(cond, tcols["mean_logp"][pick]))
     result.attack_info["recall"] = {"shots": opts.recall_shots, "prefix_nucleotides": int(len(prefix)),
                                     "rows_per_class": opts.recall_rows}
+    return True
 
 
-def _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log) -> None:
-    """The gradient-norm attack on up to ``gradnorm_rows`` sequences per class."""
+def _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log) -> bool:
+    """The gradient-norm attack on up to ``gradnorm_rows`` sequences per class (False when it does
+    not run)."""
     from glmjax.audit import modelattacks as MA
 
     if opts.gradnorm_rows <= 0:
         skipped["gradnorm"] = "turned off (--gradnorm-rows 0)"
-        return
+        return False
     why = MA.gradnorm_support(target)
     if why is not None:
         skipped["gradnorm"] = why
-        return
+        return False
     pick = _sample(labels, opts.gradnorm_rows, opts.seed, 0x96)
     log(f"gradient-norm attack: per-sequence gradients of {len(pick):,} sequences")
     with progress("gradient norm", total=len(pick), unit="seq", log=log) as bar:
@@ -559,6 +563,7 @@ def _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped
     result.attack_info["gradnorm"] = {"p": _json_option(opts.gradnorm_p), "rows_per_class": opts.gradnorm_rows,
                                       "loss": "next-token" if target.objective == "causal"
                                       else "masked-LM, 15 % of the nucleotide tokens masked"}
+    return True
 
 
 def _json_option(v: Any) -> Any:
