@@ -6,6 +6,10 @@ stratified bootstrap) for N synthetic score rows.
     python scripts/bench_mia.py                     # 10 M rows, 100 bootstrap replicates
     python scripts/bench_mia.py --smoke             # 20 k rows, a few seconds
 
+DC-PDD runs over every row from synthetic per-token log p (rows x seq-len tokens, the non-member
+rows as the leave-one-out 6-gram reference); every attack also gets the ROC-hull
+(randomised-threshold) metrics.
+
 Inputs are synthetic ScoreStore-like columns with a weak membership signal (no model runs here):
 target mean/sum log p, Min-K% and Min-K%++, a reference model, point-mutation neighbours, shadow
 models with a random inclusion matrix (LiRA), reference models and population samples (RMIA),
@@ -35,6 +39,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from glmjax.audit import dcpdd as DC  # noqa: E402
 from glmjax.audit import metrics as M  # noqa: E402
 from glmjax.audit import mia  # noqa: E402
 
@@ -95,6 +100,33 @@ def synthesize(rows: int, seq_len: int, shadows: int, refs: int, neighbours: int
     return d
 
 
+def dcpdd_all_rows(codes: np.ndarray, seq_len: int, labels: np.ndarray, mean_logp: np.ndarray, seed: int,
+                   chunk_rows: int = 100_000) -> tuple[np.ndarray, float, float]:
+    """DC-PDD over every row from synthetic per-token log p (the row's mean log p plus noise), the
+    non-member rows as the leave-one-out reference of 6-grams: ``(scores, table s, score s)``."""
+    rows = labels.shape[0]
+    grid = codes.reshape(rows, seq_len)
+
+    def tok(idx):  # the char tokenizer's A C G T ids, one chunk of rows at a time
+        return list(grid[idx].astype(np.int64) + 7)
+
+    t0 = time.perf_counter()
+    alphabet = np.arange(7, 11)
+    nonmem = np.flatnonzero(~labels)
+    tables = [DC.ngram_table(tok(nonmem[i:i + chunk_rows]), 6, alphabet, "non-members")
+              for i in range(0, nonmem.size, chunk_rows)]
+    table = DC.merge_tables(tables)
+    t_table = time.perf_counter() - t0
+    rng = np.random.default_rng([seed, 6])
+    out = np.empty(rows)
+    t0 = time.perf_counter()
+    for i in range(0, rows, chunk_rows):
+        j = min(rows, i + chunk_rows)
+        lp = (mean_logp[i:j, None] + rng.normal(0, 0.3, (j - i, seq_len))).astype(np.float32)
+        out[i:j] = DC.dcpdd_scores_parallel(tok(np.arange(i, j)), list(lp), table, leave_out=~labels[i:j])
+    return out, t_table, time.perf_counter() - t0
+
+
 def naive_bootstrap_replicate(labels: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> float:
     """One stratified replicate the usual way: resample rows, then AUC from fresh ranks."""
     pos = np.flatnonzero(labels)
@@ -129,6 +161,7 @@ def main() -> None:
 
     bits = timer("zlib_bits", mia.zlib_bits, d["codes"], d["offsets"])
     kh = timer("kmer_entropy_bits", mia.kmer_entropy_bits, d["codes"], d["offsets"], 3)
+    dc, dc_table_s, dc_score_s = timer("dcpdd", dcpdd_all_rows, d["codes"], a.seq_len, labels, d["mean_logp"], a.seed)
     del d["codes"], d["offsets"]
 
     scores: dict[str, np.ndarray] = {}
@@ -152,6 +185,8 @@ def main() -> None:
     scores["rmia"] = score_t("rmia", mia.rmia, cols["mean_logp"], d["rmia_ref_x"], d["rmia_target_z"],
                              d["rmia_ref_z"])
     del d["rmia_ref_x"]
+    scores["dcpdd"] = dc
+    score_t.t["dcpdd"], score_t.cpu["dcpdd"] = timer.t["dcpdd"], timer.cpu["dcpdd"]
 
     per_attack = {}
     metric_t = Timer()
@@ -163,6 +198,11 @@ def main() -> None:
                             "balanced_accuracy": round(r.balanced_accuracy, 5),
                             "seconds_score": score_t.t[name], "seconds_metrics": metric_t.t[name],
                             "cpu_seconds_metrics": metric_t.cpu[name]}
+    hull_t = Timer()
+    for name, s in scores.items():  # the randomised-threshold metrics on the ROC's convex hull
+        hull = hull_t(name, M.roc_hull, labels, s)
+        rnd = M.randomised_metrics(hull, fpr_targets=(0.001, 0.01))
+        per_attack[name].update({"hull_auc": round(rnd["auc"], 5), "seconds_hull": hull_t.t[name]})
 
     # Baseline in the same run: the usual bootstrap replicate and scipy's Mann-Whitney AUC.
     loss = scores["loss"]
@@ -196,8 +236,11 @@ def main() -> None:
             "kmer_entropy_bits": timer.t["kmer_entropy_bits"],
             "attack_scores_total": round(sum(score_t.t.values()), 3),
             "metrics_with_bootstrap_total": round(sum(metric_t.t.values()), 3),
+            "roc_hull_total": round(sum(hull_t.t.values()), 3),
+            "dcpdd_reference_table": round(dc_table_s, 3), "dcpdd_scores": round(dc_score_s, 3),
             "statistics_total": round(timer.t["zlib_bits"] + timer.t["kmer_entropy_bits"]
-                                      + sum(score_t.t.values()) + sum(metric_t.t.values()), 3),
+                                      + sum(score_t.t.values()) + sum(metric_t.t.values())
+                                      + sum(hull_t.t.values()), 3),
             "wall_total": round(time.perf_counter() - t_all, 3),
         },
         "cpu_seconds": {
@@ -205,8 +248,10 @@ def main() -> None:
             "kmer_entropy_bits": timer.cpu["kmer_entropy_bits"],
             "attack_scores_total": round(sum(score_t.cpu.values()), 3),
             "metrics_with_bootstrap_total": round(sum(metric_t.cpu.values()), 3),
+            "roc_hull_total": round(sum(hull_t.cpu.values()), 3),
             "statistics_total": round(timer.cpu["zlib_bits"] + timer.cpu["kmer_entropy_bits"]
-                                      + sum(score_t.cpu.values()) + sum(metric_t.cpu.values()), 3),
+                                      + sum(score_t.cpu.values()) + sum(metric_t.cpu.values())
+                                      + sum(hull_t.cpu.values()), 3),
         },
         "attacks": per_attack,
         "baseline": {
