@@ -488,7 +488,7 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
         write_membership_scores(sdir / "membership.h5", genome, store.column("id")[genome], labels,
                                 result.mia_scores, sample_scores or None,
                                 provenance={"model": provenance["model"], "data": str(data)})
-    report = evaluate(result, reveal=reveal)
+    report = evaluate(result, reveal=reveal, log=log)
     if extraction_info is not None:
         report["extraction_attacks"] = extraction_info
     if manifest is not None:

@@ -212,12 +212,14 @@ def _detect_canaries(result: AuditResult, can_ppl: np.ndarray | None, mode: str,
                   repetitions={"canaries": reps[planted]}, null=null, **ref)
 
 
-def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
+def evaluate(result: AuditResult, *, reveal: bool = False, log=None) -> dict:
     """Compute every number of the report from an :class:`AuditResult`.
 
     Args:
       result: the audit inputs.
       reveal: include raw canary secrets (they are otherwise replaced by their SHA-256).
+      log: where the progress of the membership-attack metrics goes (see
+        :func:`glmjax.progress.progress`; None: a terminal bar only).
 
     Returns:
       The report dict, validated against the schema.
@@ -280,11 +282,15 @@ def evaluate(result: AuditResult, *, reveal: bool = False) -> dict:
         if overlap:
             raise ConfigError(f"membership attack {sorted(overlap)[0]!r} is given on all rows and on a sample")
         inputs.update(result.mia_sample_scores)
+        from glmjax.progress import progress
+
         attacks: dict[str, M.AttackMetrics] = {}
-        for i, (name, (lab, s)) in enumerate(sorted(inputs.items())):
-            attacks[name] = M.evaluate_attack(lab, s, n_bootstrap=result.n_bootstrap,
-                                              seed=result.seed + i, confidence=result.confidence,
-                                              fpr_targets=fpr_targets)
+        with progress("statistics (attack metrics)", total=len(inputs), unit="attack", log=log) as bar:
+            for i, (name, (lab, s)) in enumerate(sorted(inputs.items())):
+                attacks[name] = M.evaluate_attack(lab, s, n_bootstrap=result.n_bootstrap,
+                                                  seed=result.seed + i, confidence=result.confidence,
+                                                  fpr_targets=fpr_targets)
+                bar.advance(1)
         vectors["mia"], best = R.mia_risk({k: (a.tpr_at_fpr[R.MIA_FPR], a.advantage) for k, a in attacks.items()})
         sources["mia"] = best
         eps = M.epsilon_lower_bound_from_scores(inputs[best][0], inputs[best][1],
