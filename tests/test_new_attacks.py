@@ -340,3 +340,25 @@ def test_dcpdd_with_a_public_genome_as_the_reference(memorised):
     assert st["ngrams_counted"] == sum(len(r) - 5 for r in rows) and st["alphabet"] == 4
     assert {"recall", "gradnorm", "neighbourhood"} <= set(rep["skipped"])
     assert rep["config"]["options"]["dcpdd_reference"] == str(fa)
+
+
+def test_gradnorm_is_off_by_default_above_a_billion_parameters(tiny_llama, monkeypatch):
+    """Unasked, the gradient norm runs on models up to GRADNORM_AUTO_MAX_PARAMS parameters only;
+    --gradnorm-rows N runs it whatever the size."""
+    from glmjax.audit import pipeline as P
+    from glmjax.audit.report import AuditResult
+
+    rng = np.random.default_rng(1)
+    seqs = _seqs(rng, 12, lo=20, hi=30)
+    labels = np.arange(12) % 2 == 0
+    monkeypatch.setattr(P, "GRADNORM_AUTO_MAX_PARAMS", tiny_llama.num_params() - 1)
+    skipped, scores, res = {}, {}, AuditResult(mode="causal")
+    assert not P._gradnorm(tiny_llama, seqs, labels, np.arange(12), P.AuditOptions(), scores, res, skipped,
+                           lambda *a: None)
+    assert "--gradnorm-rows N" in skipped["gradnorm"] and "gradnorm" not in scores
+    skipped = {}
+    assert P._gradnorm(tiny_llama, seqs, labels, np.arange(12), P.AuditOptions(gradnorm_rows=3), scores, res,
+                       skipped, lambda *a: None)
+    pick, s = scores["gradnorm"]
+    assert len(pick) == 6 and labels[pick].sum() == 3 and res.attack_info["gradnorm"]["rows_per_class"] == 3
+    np.testing.assert_allclose(s, MA.gradnorm_scores(tiny_llama, [seqs[i] for i in pick], rows=pick), rtol=1e-6)

@@ -48,6 +48,9 @@ from glmjax.errors import ConfigError, StoreError
 from glmjax.models.base import LoadedModel
 from glmjax.progress import progress
 
+GRADNORM_AUTO_ROWS = 1000
+GRADNORM_AUTO_MAX_PARAMS = 1_000_000_000  # above: one gradient per sequence is too slow to run unasked
+
 
 @dataclass(frozen=True)
 class AuditOptions:
@@ -79,7 +82,8 @@ class AuditOptions:
     dcpdd_reference: str | None = None  # FASTA / store of a public genome (None: the non-member split)
     recall_shots: int = 1  # non-member sequences in the ReCaLL prefix (0: no ReCaLL)
     recall_rows: int = 1000  # evaluated sequences per class for ReCaLL
-    gradnorm_rows: int = 1000  # evaluated sequences per class for the gradient-norm attack (0: off)
+    gradnorm_rows: int | None = None  # sequences per class for the gradient norm (None: 1000 up to
+    # GRADNORM_AUTO_MAX_PARAMS parameters, else off; 0: off)
     gradnorm_p: float = float("inf")  # the norm of the gradient-norm attack (1, 2 or inf)
 
 
@@ -547,20 +551,27 @@ def _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped
     not run)."""
     from glmjax.audit import modelattacks as MA
 
-    if opts.gradnorm_rows <= 0:
+    rows = opts.gradnorm_rows
+    if rows is None:
+        if target.num_params() > GRADNORM_AUTO_MAX_PARAMS:
+            skipped["gradnorm"] = (f"{target.num_params() / 1e9:.1f} B parameters: one gradient per sequence is "
+                                   "slow at this size; ask for it with --gradnorm-rows N")
+            return False
+        rows = GRADNORM_AUTO_ROWS
+    if rows <= 0:
         skipped["gradnorm"] = "turned off (--gradnorm-rows 0)"
         return False
     why = MA.gradnorm_support(target)
     if why is not None:
         skipped["gradnorm"] = why
         return False
-    pick = _sample(labels, opts.gradnorm_rows, opts.seed, 0x96)
+    pick = _sample(labels, rows, opts.seed, 0x96)
     log(f"gradient-norm attack: per-sequence gradients of {len(pick):,} sequences")
     with progress("gradient norm", total=len(pick), unit="seq", log=log) as bar:
         s = MA.gradnorm_scores(target, [seqs[i] for i in pick], p=opts.gradnorm_p, seed=opts.seed,
                                rows=genome[pick], on_rows=bar.advance)
     sample_scores["gradnorm"] = (pick, s)
-    result.attack_info["gradnorm"] = {"p": _json_option(opts.gradnorm_p), "rows_per_class": opts.gradnorm_rows,
+    result.attack_info["gradnorm"] = {"p": _json_option(opts.gradnorm_p), "rows_per_class": rows,
                                       "loss": "next-token" if target.objective == "causal"
                                       else "masked-LM, 15 % of the nucleotide tokens masked"}
     return True

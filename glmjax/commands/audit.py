@@ -61,8 +61,9 @@ def register(sub) -> None:
                    help="ReCaLL: non-member sequences in the prefix (causal families; default 1, 0: off)")
     p.add_argument("--recall-rows", type=A.positive_int, default=1000,
                    help="ReCaLL: sequences evaluated per class (default 1000)")
-    p.add_argument("--gradnorm-rows", type=A.count, default=1000,
-                   help="gradient-norm attack: sequences evaluated per class (default 1000, 0: off)")
+    p.add_argument("--gradnorm-rows", type=A.count, default=None,
+                   help="gradient-norm attack: sequences evaluated per class (default 1000 for models up to 1 B "
+                   "parameters, off above; 0: off)")
     p.add_argument("--gradnorm-p", choices=["1", "2", "inf"], default="inf",
                    help="gradient-norm attack: the norm of each parameter tensor's gradient (default inf, as mimir)")
     p.add_argument("--seed", type=A.seed, default=0)
