@@ -176,3 +176,29 @@ def test_every_option_is_documented_with_its_default():
 
     walk(build_parser(), ["glmjax"])
     assert missing == [] and defaults > 30
+
+
+def test_every_dtype_option_speaks_one_vocabulary():
+    """Every command's --dtype takes the same words, mapped by one function."""
+    import argparse
+
+    from glmjax.cli import build_parser
+    from glmjax.dtypes import DTYPE_CHOICES, dtype_name
+
+    found = {}
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, path + [name])
+            elif "--dtype" in action.option_strings:
+                found[" ".join(path)] = tuple(action.choices)
+
+    walk(build_parser(), [])
+    assert {"score", "bench", "audit", "train", "train-shadows"} <= set(found)
+    assert set(found.values()) == {DTYPE_CHOICES}
+    assert dtype_name("fp32") == "float32" and dtype_name("bf16") == "bfloat16"
+    assert dtype_name("auto", backend="gpu") == "bfloat16" and dtype_name("auto", backend="cpu") == "float32"
+    with pytest.raises(Exception, match="choose one of auto, fp32, bf16"):
+        dtype_name("fp16")

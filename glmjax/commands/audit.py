@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from glmjax.commands import argtypes as A
+from glmjax.dtypes import DTYPE_CHOICES, dtype_name
 from glmjax.errors import ConfigError
 
 
@@ -24,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--shadows", help="shadow-model folder from glmjax train-shadows (LiRA, RMIA)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--pll", help="masked LMs: exact (default), strided:K or random:K")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (default: the model's)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32",
+                   help="compute dtype of every model of the audit (auto: bf16 on GPU/TPU, fp32 on CPU)")
     p.add_argument("--batch-tokens", type=A.positive_int, help="tokens per device and forward pass")
     p.add_argument("--exact-k-max", type=A.count, default=10,
                    help="enumerate all 4^k candidates for secrets up to k nucleotides (default 10; 0: never "
@@ -87,7 +89,7 @@ def run(args) -> int:
         v = getattr(args, name)
         if v is not None and not Path(v).exists():
             raise ConfigError(f"--{name.replace('_', '-')} {v}: no such file or folder")
-    opts = AuditOptions(pll=args.pll, dtype={"fp32": "float32", "bf16": "bfloat16"}.get(args.dtype),
+    opts = AuditOptions(pll=args.pll, dtype=dtype_name(args.dtype),
                         batch_tokens=args.batch_tokens, exact_k_max=args.exact_k_max,
                         exact_budget_s=args.exact_budget,
                         exposure_samples=args.exposure_samples, beam_width=args.beam_width,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from glmjax.commands import argtypes as A
+from glmjax.dtypes import DTYPE_CHOICES, dtype_name
 from glmjax.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
                    help="masked LMs: exact (default; every token masked once), strided:K (K passes, "
                         "positions = r mod K masked together), random:K[:F] (K random masks of F=0.15 of the "
                         "tokens, seeded by --seed; each token averaged over the masks covering it)")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help="compute dtype (auto: bf16 on GPU/TPU, fp32 on CPU); statistics are always fp32")
     p.add_argument("--batch-tokens", type=A.positive_int, default=None,
                    help="tokens per device and forward pass (default 65536 on accelerators, 4096 on CPU)")
@@ -75,19 +76,12 @@ def register(sub) -> None:
     b.add_argument("--batch-tokens", type=A.positive_int, default=None)
     b.add_argument("--devices", default=None, help="device counts to run on, e.g. 1,2,4 (default: all)")
     b.add_argument("--pll", default=None, help="PLL mode for masked LMs (default strided:8 for benchmarks)")
-    b.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+    b.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="compute dtype (auto: bf16 on GPU/TPU, fp32 on CPU)")
     b.add_argument("--iters", type=A.positive_int, default=10)
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--trust-pickle", action="store_true")
     b.set_defaults(func=run_bench)
-
-
-def _dtype(name: str) -> str | None:
-    import jax
-
-    if name == "auto":
-        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return {"bf16": "bfloat16", "fp32": "float32"}[name]
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -110,7 +104,7 @@ def run_score(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-tokens must be positive")
     if args.host_workers is not None and args.host_workers < 1:
         raise ConfigError(f"--host-workers must be at least 1, not {args.host_workers}")
-    model = gm.load(args.model, trust_pickle=args.trust_pickle, dtype=_dtype(args.dtype))
+    model = gm.load(args.model, trust_pickle=args.trust_pickle, dtype=dtype_name(args.dtype))
     parse_mode(model.objective, args.pll, args.seed)
     s = score(model, args.input, args.out, pll=args.pll, seed=args.seed, batch_tokens=args.batch_tokens,
               per_token=args.per_token, window=args.window, per_window=args.per_window, block_rows=args.block_rows, devices=args.devices,
@@ -143,7 +137,7 @@ def run_bench(args: argparse.Namespace) -> int:
         devices = [int(x) for x in args.devices.split(",")] if args.devices else None
     except ValueError:
         raise ConfigError(f"--devices takes counts like 1,2,4, not {args.devices!r}") from None
-    model = model_for_bench(args.family, args.shape, args.model, _dtype(args.dtype), args.trust_pickle)
+    model = model_for_bench(args.family, args.shape, args.model, dtype_name(args.dtype), args.trust_pickle)
     pll = args.pll or ("strided:8" if model.objective == "masked" else None)
     mode = parse_mode(model.objective, pll)
     rows = bench_scoring(model, mode, args.seq_len, args.batch_tokens, devices, args.iters)

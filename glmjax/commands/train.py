@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from glmjax.commands import argtypes as A
+from glmjax.dtypes import DTYPE_CHOICES, dtype_name
 from glmjax.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", type=A.count, default=0, metavar="RANK", help="train LoRA adapters of this rank")
     p.add_argument("--lora-alpha", type=A.positive, default=None, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--lora-targets", default="", help="comma-separated layer-name patterns (default: family's)")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                    help="compute dtype (auto: bf16 on GPU/TPU, fp32 on CPU)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle-based checkpoints")
@@ -58,20 +59,12 @@ def register(sub) -> None:
     s.set_defaults(func=run_shadows, io=(("data", "config"), ("out",)))
 
 
-def _dtype(name: str) -> str:
-    if name == "auto":
-        import jax
-
-        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
-    return {"fp32": "float32", "bf16": "bfloat16"}[name]
-
-
 def model_factory(args):
     """``seed -> LoadedModel`` from --family/--config (preset or checkpoint folder)."""
     from glmjax import models
     from glmjax.models.hub import parse_hub_id, resolve
 
-    dtype = _dtype(args.dtype)
+    dtype = dtype_name(args.dtype)
     cfg_path = Path(args.config)
     if cfg_path.exists() or parse_hub_id(args.config) is not None:
         cfg_path = resolve(args.config, trust_pickle=args.trust_pickle)

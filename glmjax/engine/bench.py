@@ -202,5 +202,5 @@ def model_for_bench(family: str | None = None, shape: str | None = None, path: s
     if dtype is not None and hasattr(cfg, "dtype"):
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, dtype={"bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype))
+        cfg = dataclasses.replace(cfg, dtype=gm.dtype_name(dtype))
     return gm.build(family, cfg, seed=seed, source=f"{family}:{shape or 'tiny'}:random")

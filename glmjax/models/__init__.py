@@ -18,6 +18,7 @@ from typing import Any
 
 from flax import nnx
 
+from glmjax.dtypes import DTYPE_CHOICES, DTYPES, dtype_name  # noqa: F401  (re-exported)
 from glmjax.errors import CheckpointError, ConfigError, GlmjaxError
 from glmjax.models.base import FamilySpec, LoadedModel
 from glmjax.models.checkpoints import (
@@ -187,6 +188,4 @@ def _with_dtype(cfg: Any, dtype: Any) -> Any:
 
     if not hasattr(cfg, "dtype"):
         return cfg
-    name = "float32" if dtype is None else (dtype if isinstance(dtype, str) else getattr(dtype, "__name__", str(dtype)))
-    name = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(name, name)
-    return dataclasses.replace(cfg, dtype=name)
+    return dataclasses.replace(cfg, dtype=dtype_name(dtype) or "float32")
