@@ -12,11 +12,14 @@ vocabulary orders) and ``BPETokenizer`` (DNABERT-2, through the ``tokenizers`` l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from glmjax import alphabet
+from glmjax.errors import ConfigError
 
 
 @dataclass
@@ -31,6 +34,51 @@ class Encoded:
     ids: np.ndarray
     scored: np.ndarray
     nucleotides: np.ndarray
+
+
+@dataclass
+class TokenBlock:
+    """Tokenized pieces (sequences or windows of sequences), flattened.
+
+    Attributes:
+      ids: int32 ``[T]`` token ids of all pieces, concatenated.
+      scored: bool ``[T]``: token covers nucleotides.
+      nucleotides: int32 ``[T]``: nucleotides covered by each token.
+      offsets: int64 ``[P + 1]``: piece ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+    """
+
+    ids: np.ndarray
+    scored: np.ndarray
+    nucleotides: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def piece(self, i: int) -> Encoded:
+        sl = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+        return Encoded(self.ids[sl], self.scored[sl], self.nucleotides[sl])
+
+
+def _from_encoded(encs: Sequence[Encoded]) -> TokenBlock:
+    lens = np.fromiter((e.ids.shape[0] for e in encs), np.int64, count=len(encs))
+    offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    if not encs:
+        return TokenBlock(np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, np.int32), offs)
+    return TokenBlock(np.concatenate([e.ids for e in encs]).astype(np.int32),
+                      np.concatenate([e.scored for e in encs]).astype(bool),
+                      np.concatenate([e.nucleotides for e in encs]).astype(np.int32), offs)
+
+
+def segment_positions(lengths: np.ndarray) -> np.ndarray:
+    """For concatenated segments of the given lengths: position of each element in its segment."""
+    total = int(lengths.sum())
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
 
 
 @dataclass
@@ -54,6 +102,30 @@ class Tokenizer:
 
     def encode_codes(self, codes: np.ndarray) -> Encoded:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must implement encode_codes")
+
+    def encode_block(self, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+        """Tokenize pieces given as one flat code array and ``offsets`` (``[P + 1]``, absolute);
+        the one tokenization path of training, scoring and the audit. Subclasses vectorise it."""
+        offsets = np.asarray(offsets, np.int64)
+        return _from_encoded([self.encode_codes(codes[int(offsets[i]):int(offsets[i + 1])])
+                              for i in range(offsets.shape[0] - 1)])
+
+    def token_strings(self) -> list[str | None]:
+        """For every token id below ``vocab_size``: its nucleotide string if it consists of A/C/G/T
+        only, else None (specials, ``N``, unknown)."""
+        raise ConfigError(f"tokenizer {type(self).__name__} exposes no vocabulary")
+
+    #: every nucleotide is one token (a prefix never changes how the rest is tokenized)
+    one_token_per_nucleotide: ClassVar[bool] = False
+    #: every N-free sequence of a given length is split at the same places (k-mer and character)
+    uniform_split: ClassVar[bool] = False
+
+    def _strings_from_vocab(self, vocab: list[str]) -> list[str | None]:
+        out: list[str | None] = [None] * int(self.vocab_size)
+        for i, s in enumerate(vocab[:int(self.vocab_size)]):
+            if i not in self.special_ids and s and set(s) <= set("ACGT"):
+                out[i] = s
+        return out
 
     def encode(self, seq: str) -> np.ndarray:
         """Token ids (int32, specials included) of a DNA string."""
@@ -116,6 +188,38 @@ class CharTokenizer(Tokenizer):
 
     def max_tokens(self, nucleotides: int) -> int:
         return nucleotides + (self.bos_id is not None) + (self.eos_id is not None)
+
+    one_token_per_nucleotide = True
+    uniform_split = True
+
+    def encode_block(self, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+        """Vectorised over all pieces (equal to :meth:`encode_codes` piece by piece, tested)."""
+        n = np.diff(offsets).astype(np.int64)
+        pre = int(self.bos_id is not None)
+        post = int(self.eos_id is not None)
+        toff = np.concatenate([[0], np.cumsum(n + pre + post)]).astype(np.int64)
+        total = int(toff[-1])
+        special = np.zeros(total, bool)
+        if pre:
+            special[toff[:-1]] = True
+        if post:
+            special[toff[1:] - 1] = True
+        ids = np.empty(total, np.int32)
+        scored = ~special
+        # boolean-mask assignment: no index array as large as the block
+        ids[scored] = np.asarray(self.base_ids, np.int32)[codes[int(offsets[0]):int(offsets[-1])]]
+        if pre:
+            ids[toff[:-1]] = self.bos_id
+        if post:
+            ids[toff[1:] - 1] = self.eos_id
+        return TokenBlock(ids, scored, scored.view(np.int8).astype(np.int32), toff)
+
+    def token_strings(self) -> list[str | None]:
+        out: list[str | None] = [None] * int(self.vocab_size)
+        for base, tid in zip("ACGT", self.base_ids[:4], strict=True):
+            if tid < self.vocab_size:
+                out[tid] = base
+        return out
 
 
 def hyena_char_tokenizer(vocab_size: int = 16) -> CharTokenizer:
@@ -199,6 +303,64 @@ class KmerTokenizer(Tokenizer):
     def max_tokens(self, nucleotides: int) -> int:
         return nucleotides + 1
 
+    uniform_split = True
+
+    def encode_block(self, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+        """NT k-mer tokenization, vectorised over pieces without N (the others go through the tokenizer).
+
+        Work is proportional to the number of tokens: k-mer values are gathered at the k-mer starts
+        only (no per-nucleotide index arrays).
+        """
+        k = self.k
+        base = int(offsets[0])
+        n = np.diff(offsets).astype(np.int64)
+        seg = codes[base:int(offsets[-1])]
+        is_n = seg == 4
+        has_n = np.zeros(n.shape[0], bool)
+        if is_n.any():
+            nz = n > 0
+            has_n[nz] = np.add.reduceat(is_n, (offsets[:-1] - base)[nz], dtype=np.int64) > 0
+        m = n // k
+        r = n % k
+        tl = np.where(has_n, 0, 1 + m + r)
+        # Pieces with N: tokenized one by one (exact rules for N-separated chunks).
+        slow = {int(i): self.encode_codes(codes[int(offsets[i]):int(offsets[i + 1])]) for i in np.flatnonzero(has_n)}
+        for i, e in slow.items():
+            tl[i] = e.ids.shape[0]
+        toff = np.concatenate([[0], np.cumsum(tl)]).astype(np.int64)
+        total = int(toff[-1])
+        ids = np.empty(total, np.int32)
+        nts = np.zeros(total, np.int32)
+        fast = ~has_n
+        ids[toff[:-1][fast]] = self.cls_id
+        lut = np.array([0, 2, 3, 1, 0], np.int32)              # A C G T -> index in "ATCG"
+        src0 = offsets[:-1] - base                               # piece starts within seg
+        mf = np.where(fast, m, 0)
+        if mf.sum():
+            j = segment_positions(mf)
+            owner = np.repeat(np.arange(n.shape[0]), mf)
+            starts = src0[owner] + k * j
+            val = np.zeros(starts.shape[0], np.int32)
+            for t in range(k):
+                val = val * 4 + lut[seg[starts + t]]
+            dst = toff[owner] + 1 + j
+            ids[dst] = val + self.kmer_offset
+            nts[dst] = k
+        rf = np.where(fast, r, 0)
+        if rf.sum():
+            i = segment_positions(rf)
+            owner = np.repeat(np.arange(n.shape[0]), rf)
+            dst = toff[owner] + 1 + m[owner] + i
+            ids[dst] = lut[seg[src0[owner] + m[owner] * k + i]] + self.single_offset
+            nts[dst] = 1
+        for i, e in slow.items():
+            ids[toff[i]:toff[i + 1]] = e.ids
+            nts[toff[i]:toff[i + 1]] = e.nucleotides
+        return TokenBlock(ids, nts > 0, nts, toff)
+
+    def token_strings(self) -> list[str | None]:
+        return self._strings_from_vocab(self.vocab())
+
 
 def nt_kmer_tokenizer(version: int = 1, k: int = 6) -> KmerTokenizer:
     """The official Nucleotide Transformer 6-mer tokenizer (v1: 4105 ids; v2: 4107 ids)."""
@@ -241,6 +403,16 @@ class BPETokenizer(Tokenizer):
         special = np.asarray(enc.special_tokens_mask, bool)
         nts[special] = 0
         return Encoded(ids, nts > 0, nts)
+
+    def encode_block(self, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
+        """Through the Rust tokenizer's batch encoder."""
+        offsets = np.asarray(offsets, np.int64)
+        return _from_encoded(self.encode_batch([alphabet.decode(codes[int(offsets[i]):int(offsets[i + 1])])
+                                                for i in range(offsets.shape[0] - 1)]))
+
+    def token_strings(self) -> list[str | None]:
+        inv = {v: s for s, v in self._tok.get_vocab().items()}
+        return self._strings_from_vocab([inv.get(i, "") for i in range(int(self.vocab_size))])
 
     def encode_batch(self, seqs: list[str]) -> list[Encoded]:
         """Encode many strings at once (the Rust tokenizer parallelises the batch)."""

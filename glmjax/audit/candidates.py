@@ -53,7 +53,6 @@ from glmjax.audit.decoding import (
 from glmjax.errors import CanaryError, ConfigError
 from glmjax.kernels import trie
 from glmjax.models.decoding import CausalDecoder, state_bytes_per_row, tree_bytes
-from glmjax.tokenizers import CharTokenizer, KmerTokenizer
 
 DEFAULT_MEMORY_LIMIT = 2 * 1024 ** 3
 MAX_BLOCK = 1 << 16
@@ -447,7 +446,7 @@ def candidate_token_groups(tokenizer: Any, prefix: np.ndarray,
     """
     secrets = np.atleast_2d(np.asarray(secrets, np.uint8))
     n, k = secrets.shape
-    if isinstance(tokenizer, (CharTokenizer, KmerTokenizer)):
+    if tokenizer.uniform_split:
         pos, enc = secret_token_positions(tokenizer, prefix, secrets[0])
         nts = enc.nucleotides.astype(np.int64)
         starts = np.cumsum(nts) - nts

@@ -16,7 +16,7 @@ import numpy as np
 
 from glmjax import alphabet
 from glmjax.errors import CanaryError, ConfigError
-from glmjax.tokenizers import BPETokenizer, CharTokenizer, KmerTokenizer, Tokenizer
+from glmjax.tokenizers import Tokenizer
 
 BASES = "ACGT"
 
@@ -98,24 +98,6 @@ def index_to_codes(index: np.ndarray | int, k: int) -> np.ndarray:
 
 def token_strings(tokenizer: Tokenizer) -> list[str | None]:
     """For every token id below ``tokenizer.vocab_size``: its nucleotide string if it consists of
-    A/C/G/T only, else None (specials, ``N``, unknown)."""
-    n = int(tokenizer.vocab_size)
-    out: list[str | None] = [None] * n
-    if isinstance(tokenizer, CharTokenizer):
-        for base, tid in zip(BASES, tokenizer.base_ids[:4], strict=True):
-            if tid < n:
-                out[tid] = base
-        return out
-    if isinstance(tokenizer, KmerTokenizer):
-        vocab = tokenizer.vocab()
-    elif isinstance(tokenizer, BPETokenizer):
-        # the tokenizers library object is the only holder of the BPE vocabulary
-        inv = {v: t for t, v in tokenizer._tok.get_vocab().items()}
-        vocab = [inv.get(i, "") for i in range(n)]
-    else:
-        raise ConfigError(f"tokenizer {type(tokenizer).__name__} exposes no vocabulary for constrained filling")
-    specials = tokenizer.special_ids
-    for i, s in enumerate(vocab[:n]):
-        if i not in specials and s and set(s) <= set(BASES):
-            out[i] = s
-    return out
+    A/C/G/T only, else None (specials, ``N``, unknown); see
+    :meth:`glmjax.tokenizers.Tokenizer.token_strings`."""
+    return tokenizer.token_strings()

@@ -57,11 +57,9 @@ def recall_ratio(conditional_mean_logp: np.ndarray, mean_logp: np.ndarray) -> np
 
 def recall_support(model) -> str | None:
     """Why ReCaLL cannot run on ``model`` (None when it can)."""
-    from glmjax.tokenizers import CharTokenizer
-
     if model.objective != "causal":
         return "ReCaLL conditions on a prefix: causal families only"
-    if not isinstance(model.tokenizer, CharTokenizer):
+    if not model.tokenizer.one_token_per_nucleotide:
         return "ReCaLL needs one token per nucleotide (the prefix must not change how the sequence is tokenized)"
     return None
 

@@ -157,9 +157,8 @@ def _dcpdd_setup(target: LoadedModel, seqs: list[np.ndarray], n_store: int, geno
                  labels: np.ndarray, opts: AuditOptions, reference_rows: list[np.ndarray] | None, log):
     """The DC-PDD reducer and the description of its reference, or ``(None, why not)``."""
     from glmjax.audit import modelattacks as MA
-    from glmjax.tokenizers import CharTokenizer
 
-    n = opts.dcpdd_n or (6 if isinstance(target.tokenizer, CharTokenizer) else 1)
+    n = opts.dcpdd_n or (6 if target.tokenizer.one_token_per_nucleotide else 1)
     if reference_rows is not None:
         rows = reference_rows
         log(f"DC-PDD: counting {n}-grams of {opts.dcpdd_reference} ({sum(len(r) for r in rows):,} nt)")

@@ -21,12 +21,11 @@ batch companions, its bucket or the batch size, and equal the reference on unpad
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from glmjax.tokenizers import BPETokenizer, CharTokenizer, Encoded, KmerTokenizer, Tokenizer
+from glmjax.tokenizers import TokenBlock, Tokenizer, segment_positions
 
 
 def padding_policy(spec) -> str:
@@ -47,145 +46,11 @@ def bucket_length(n: int, max_len: int | None = None, min_len: int = 16) -> int:
     return b
 
 
-@dataclass
-class TokenBlock:
-    """Tokenized pieces (sequences or windows of sequences), flattened.
-
-    Attributes:
-      ids: int32 ``[T]`` token ids of all pieces, concatenated.
-      scored: bool ``[T]``: token covers nucleotides.
-      nucleotides: int32 ``[T]``: nucleotides covered by each token.
-      offsets: int64 ``[P + 1]``: piece ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
-    """
-
-    ids: np.ndarray
-    scored: np.ndarray
-    nucleotides: np.ndarray
-    offsets: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0] - 1)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def piece(self, i: int) -> Encoded:
-        sl = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-        return Encoded(self.ids[sl], self.scored[sl], self.nucleotides[sl])
-
-
-def _from_encoded(encs: Sequence[Encoded]) -> TokenBlock:
-    lens = np.fromiter((e.ids.shape[0] for e in encs), np.int64, count=len(encs))
-    offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    if not encs:
-        return TokenBlock(np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, np.int32), offs)
-    return TokenBlock(np.concatenate([e.ids for e in encs]).astype(np.int32),
-                      np.concatenate([e.scored for e in encs]).astype(bool),
-                      np.concatenate([e.nucleotides for e in encs]).astype(np.int32), offs)
-
-
-def _segment_positions(lengths: np.ndarray) -> np.ndarray:
-    """For concatenated segments of the given lengths: position of each element in its segment."""
-    total = int(lengths.sum())
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
-
-
-def _char_block(tok: CharTokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
-    n = np.diff(offsets).astype(np.int64)
-    pre = int(tok.bos_id is not None)
-    post = int(tok.eos_id is not None)
-    toff = np.concatenate([[0], np.cumsum(n + pre + post)]).astype(np.int64)
-    total = int(toff[-1])
-    special = np.zeros(total, bool)
-    if pre:
-        special[toff[:-1]] = True
-    if post:
-        special[toff[1:] - 1] = True
-    ids = np.empty(total, np.int32)
-    scored = ~special
-    # boolean-mask assignment: no index array as large as the block
-    ids[scored] = np.asarray(tok.base_ids, np.int32)[codes[int(offsets[0]):int(offsets[-1])]]
-    if pre:
-        ids[toff[:-1]] = tok.bos_id
-    if post:
-        ids[toff[1:] - 1] = tok.eos_id
-    return TokenBlock(ids, scored, scored.view(np.int8).astype(np.int32), toff)
-
-
-def _kmer_block(tok: KmerTokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
-    """NT k-mer tokenization, vectorised over pieces without N (the others go through the tokenizer).
-
-    Work is proportional to the number of tokens: k-mer values are gathered at the k-mer starts
-    only (no per-nucleotide index arrays).
-    """
-    k = tok.k
-    base = int(offsets[0])
-    n = np.diff(offsets).astype(np.int64)
-    seg = codes[base:int(offsets[-1])]
-    is_n = seg == 4
-    has_n = np.zeros(n.shape[0], bool)
-    if is_n.any():
-        nz = n > 0
-        has_n[nz] = np.add.reduceat(is_n, (offsets[:-1] - base)[nz], dtype=np.int64) > 0
-    m = n // k
-    r = n % k
-    tl = np.where(has_n, 0, 1 + m + r)
-    # Pieces with N: tokenized one by one (exact rules for N-separated chunks).
-    slow = {int(i): tok.encode_codes(codes[int(offsets[i]):int(offsets[i + 1])]) for i in np.flatnonzero(has_n)}
-    for i, e in slow.items():
-        tl[i] = e.ids.shape[0]
-    toff = np.concatenate([[0], np.cumsum(tl)]).astype(np.int64)
-    total = int(toff[-1])
-    ids = np.empty(total, np.int32)
-    nts = np.zeros(total, np.int32)
-    fast = ~has_n
-    ids[toff[:-1][fast]] = tok.cls_id
-    lut = np.array([0, 2, 3, 1, 0], np.int32)              # A C G T -> index in "ATCG"
-    src0 = offsets[:-1] - base                               # piece starts within seg
-    mf = np.where(fast, m, 0)
-    if mf.sum():
-        j = _segment_positions(mf)
-        owner = np.repeat(np.arange(n.shape[0]), mf)
-        starts = src0[owner] + k * j
-        val = np.zeros(starts.shape[0], np.int32)
-        for t in range(k):
-            val = val * 4 + lut[seg[starts + t]]
-        dst = toff[owner] + 1 + j
-        ids[dst] = val + tok.kmer_offset
-        nts[dst] = k
-    rf = np.where(fast, r, 0)
-    if rf.sum():
-        i = _segment_positions(rf)
-        owner = np.repeat(np.arange(n.shape[0]), rf)
-        dst = toff[owner] + 1 + m[owner] + i
-        ids[dst] = lut[seg[src0[owner] + m[owner] * k + i]] + tok.single_offset
-        nts[dst] = 1
-    for i, e in slow.items():
-        ids[toff[i]:toff[i + 1]] = e.ids
-        nts[toff[i]:toff[i + 1]] = e.nucleotides
-    return TokenBlock(ids, nts > 0, nts, toff)
-
-
 def tokenize_block(tokenizer: Tokenizer, codes: np.ndarray, offsets: np.ndarray) -> TokenBlock:
-    """Tokenize pieces given as one flat code array and ``offsets`` (``[P + 1]``, absolute).
-
-    Character and k-mer tokenizers are vectorised over the whole block (identical to
-    ``tokenizer.encode_codes`` piece by piece, which is tested); BPE goes through the Rust
-    tokenizer's batch encoder; any other tokenizer is called piece by piece.
-    """
-    offsets = np.asarray(offsets, np.int64)
-    if isinstance(tokenizer, CharTokenizer):
-        return _char_block(tokenizer, codes, offsets)
-    if isinstance(tokenizer, KmerTokenizer):
-        return _kmer_block(tokenizer, codes, offsets)
-    pieces = [codes[int(offsets[i]):int(offsets[i + 1])] for i in range(offsets.shape[0] - 1)]
-    if isinstance(tokenizer, BPETokenizer):
-        from glmjax import alphabet
-
-        return _from_encoded(tokenizer.encode_batch([alphabet.decode(p) for p in pieces]))
-    return _from_encoded([tokenizer.encode_codes(p) for p in pieces])
+    """Tokenize pieces given as one flat code array and ``offsets`` (``[P + 1]``, absolute): the
+    tokenizer's own :meth:`~glmjax.tokenizers.Tokenizer.encode_block` (vectorised for character
+    and k-mer tokenizers, the Rust batch encoder for BPE)."""
+    return tokenizer.encode_block(codes, np.asarray(offsets, np.int64))
 
 
 def window_pieces(lengths: np.ndarray, window: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,7 +68,7 @@ def window_pieces(lengths: np.ndarray, window: int | None) -> tuple[np.ndarray, 
         return idx, np.zeros_like(idx), np.zeros_like(idx)
     counts = np.maximum(1, -(-lengths // int(window)))
     seq = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), counts)
-    piece = _segment_positions(counts)
+    piece = segment_positions(counts)
     return seq, piece, piece * int(window)
 
 
