@@ -48,6 +48,7 @@ from glmjax.errors import ConfigError, StoreError
 from glmjax.models.base import LoadedModel
 from glmjax.progress import progress
 
+RECALL_MIN_PREFIX = 32  # nucleotides of non-member prefix ReCaLL needs (or the sequence's length, if shorter)
 GRADNORM_AUTO_ROWS = 1000
 GRADNORM_AUTO_MAX_PARAMS = 1_000_000_000  # above: one gradient per sequence is too slow to run unasked
 
@@ -526,9 +527,11 @@ def _recall(target, seqs, labels, tcols, opts, work, sample_scores, result, skip
     context = target.config.max_len
     budget = (sum(len(seqs[i]) for i in nonmem) if context is None
               else int(context) - target.tokenizer.max_tokens(longest))
-    if budget < 1:
-        skipped["recall"] = (f"the model's context ({context} tokens) leaves no room for a prefix before a "
-                             f"{longest:,} nt sequence")
+    need = min(RECALL_MIN_PREFIX, longest)
+    if budget < need:
+        skipped["recall"] = (f"the model's context ({context} tokens) leaves {max(budget, 0)} nt for a prefix "
+                             f"before a {longest:,} nt sequence; ReCaLL needs at least {need} (shorter windows "
+                             "or a longer-context model)")
         return False
     prefix, used = MA.recall_prefix([seqs[i] for i in nonmem], opts.recall_shots, budget, opts.seed)
     pick = _sample(labels, opts.recall_rows, opts.seed, 0x9EC, exclude=nonmem[used])
