@@ -156,7 +156,7 @@ def _write_store(path: Path, seqs: list[np.ndarray], purpose: str) -> None:
 
 def _dcpdd_setup(target: LoadedModel, seqs: list[np.ndarray], n_store: int, genome: np.ndarray,
                  labels: np.ndarray, opts: AuditOptions, reference_rows: list[np.ndarray] | None, log):
-    """The DC-PDD reducer and the description of its reference, or ``(None, why not)``."""
+    """The DC-PDD token reducer and the description of its reference (the report's ``settings``)."""
     from glmjax.audit import modelattacks as MA
 
     n = opts.dcpdd_n or (6 if target.tokenizer.one_token_per_nucleotide else 1)
