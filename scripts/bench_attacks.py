@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: kernels/ must not shadow another 'kernels'
-
 import jax  # noqa: E402
 
 import glmjax  # noqa: E402

@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402

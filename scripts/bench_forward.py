@@ -60,7 +60,6 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402
@@ -70,7 +69,6 @@ import torch  # noqa: E402
 from bench_common import emit_json, timed, torch_sync  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
 from glmjax.models.checkpoints import TensorSource, fill_module  # noqa: E402
 
 DTYPES = {"bf16": ("bfloat16", torch.bfloat16), "bfloat16": ("bfloat16", torch.bfloat16),

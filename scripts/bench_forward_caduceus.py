@@ -49,7 +49,6 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402
@@ -58,7 +57,6 @@ import numpy as np  # noqa: E402
 from bench_common import bytes_accessed, emit_json, jax_copy_bandwidth, timed  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
 import glmjax.models as gm  # noqa: E402
 from glmjax.kernels import selective_scan as ss  # noqa: E402
 from glmjax.models.caduceus import CaduceusConfig  # noqa: E402

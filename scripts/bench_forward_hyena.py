@@ -36,7 +36,6 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(ROOT / "scripts" / "torch_ref"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -48,7 +47,6 @@ import torch  # noqa: E402
 from bench_common import bytes_accessed, emit_json, jax_copy_bandwidth, timed, torch_sync  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
 from glmjax.models import hyena  # noqa: E402
 from glmjax.models.checkpoints import TensorSource, fill_module  # noqa: E402
 

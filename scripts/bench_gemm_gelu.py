@@ -37,7 +37,6 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the GPU
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import jax  # noqa: E402

@@ -30,11 +30,7 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
-from pathlib import Path
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: kernels/ must not shadow another 'kernels'
 
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402

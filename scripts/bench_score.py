@@ -48,7 +48,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: kernels/ must not shadow another 'kernels'
 os.environ.setdefault("GLMJAX_QUIET", "1")
 
 import jax  # noqa: E402

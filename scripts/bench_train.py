@@ -61,15 +61,13 @@ if "--smoke" in sys.argv[1:]:
     # cheapest CPU passes (set before jax initialises its backend). Its numbers mean nothing.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import glmjax  # noqa: E402,F401  (aliases glmjax.kernels to kernels/ in a checkout)
+import glmjax  # noqa: E402
 from glmjax import models  # noqa: E402
 from glmjax.train.data import TokenizedSet  # noqa: E402
 from glmjax.train.trainer import TrainConfig, make_loss, make_optimizer, make_step, replacement_ids  # noqa: E402

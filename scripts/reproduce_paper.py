@@ -64,12 +64,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # after site-packages: the checkout's top-level kernels/ must not shadow another 'kernels'
 
 import numpy as np  # noqa: E402
 
-import glmjax  # noqa: E402  (aliases glmjax.kernels to kernels/ in a checkout)
+import glmjax  # noqa: E402
 from glmjax.errors import ConfigError, GlmjaxError, InputFileError  # noqa: E402
 
 SCHEMA = "glmjax.PaperReproduction"

@@ -36,14 +36,18 @@ def test_top_level_kernels_is_not_the_checkout_folder_under_pytest():
         assert not Path(spec.origin).resolve().is_relative_to(ROOT / "kernels")
 
 
-def test_script_path_setup_keeps_glmjax_kernels_and_foreign_kernels_apart(tmp_path):
-    """A script's path setup (the checkout appended) still imports glmjax.kernels from the checkout,
-    while a package named ``kernels`` elsewhere on the path wins the top-level name."""
+def test_scripts_use_the_installed_package(tmp_path):
+    """Scripts put nothing of the checkout but scripts/ on sys.path: glmjax (and glmjax.kernels, the
+    checkout's kernels/ folder) come from the installed package, and another package named
+    ``kernels`` earlier on the path keeps its name."""
+    for p in sorted((ROOT / "scripts").rglob("*.py")):
+        text = p.read_text()
+        assert "sys.path.append(str(ROOT))" not in text and "parents[1]))" not in text, p.name
     foreign = tmp_path / "site" / "kernels"
     foreign.mkdir(parents=True)
     (foreign / "__init__.py").write_text("MARK = 'foreign'\n")
-    code = (f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); sys.path.append({str(ROOT)!r});"
-            "import kernels, glmjax.kernels as gk; print(kernels.MARK, hasattr(gk, '__path__'))")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r});"
+            "import kernels, glmjax.kernels.logprob as lp; print(kernels.MARK, lp.__name__)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["foreign", "True"]
+    assert r.stdout.split() == ["foreign", "glmjax.kernels.logprob"]

@@ -705,6 +705,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
     # exactly the batches of an uninterrupted one (and writes bit-identical rows)
     total_pieces_cap = max(1, shard_rows)
     want_tokens = scorer.per_token
+    keep_values = per_token or window is not None
     summary = ScoreSummary(out=writer.path, rows=0, resumed_rows=0, tokens=0, seconds=0.0, mode=mode)
     batches: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     writes: queue.Queue = queue.Queue(maxsize=2)
@@ -727,7 +728,9 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
                                      lambda L: scorer.rows_per_batch(L, total_pieces_cap))
         blk.num_batches = len(plan)
         blk.row_stats = np.zeros((len(blk.tokens), len(ROW_STATS)), np.float32)
-        blk.token_values = [None] * len(blk.tokens) if want_tokens else None
+        # per-token values are kept for a per-token store and for windowed rows; a token reducer
+        # alone needs only the ids and log p
+        blk.token_values = [None] * len(blk.tokens) if want_tokens and keep_values else None
         if token_reducer is not None:
             blk.token_ids, blk.token_logp = [None] * len(blk.tokens), [None] * len(blk.tokens)
         host = [batching.assemble(blk.tokens, idx, length, scorer.rows_per_batch(length, total_pieces_cap),
@@ -804,8 +807,9 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
         item.block.row_stats[b.pieces[real]] = row[real]
         if tok is not None:
             mask = target_mask(b.scored, objective)
-            for r in np.flatnonzero(real):
-                item.block.token_values[b.pieces[r]] = tok[r][mask[r]]
+            if item.block.token_values is not None:
+                for r in np.flatnonzero(real):
+                    item.block.token_values[b.pieces[r]] = tok[r][mask[r]]
             if token_reducer is not None:
                 sc = np.asarray(b.scored, bool)
                 for r in np.flatnonzero(real):
