@@ -188,7 +188,7 @@ def render_index(summary: dict) -> str:
     repetition), the headline model named, each row linking to that model's full report."""
     import html
 
-    from glmjax.audit.report import _BAND_COLOURS, _CSS, _table
+    from glmjax.audit.render import _BAND_COLOURS, _CSS, _table
 
     head = summary["headline"]
     reps = [str(r) for r in (0, *summary["schedule"])]

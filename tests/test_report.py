@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from glmjax.audit import metrics as M
+from glmjax.audit import render as RD
 from glmjax.audit import report as RP
 from glmjax.audit import risk as R
 from glmjax.audit.exposure import ExposureEstimate, exact_exposure_estimate
@@ -91,7 +92,7 @@ def test_secrets_are_redacted_unless_revealed(written, tmp_path):
     buf = io.StringIO()
     from rich.console import Console
 
-    RP.print_summary(rep, Console(file=buf, width=140))
+    RD.print_summary(rep, Console(file=buf, width=140))
     text += buf.getvalue()
     for s in secrets:
         assert s not in text
@@ -127,7 +128,7 @@ def test_terminal_summary_lists_every_vector(written):
 
     _, _, rep = written
     buf = io.StringIO()
-    RP.print_summary(rep, Console(file=buf, width=140))
+    RD.print_summary(rep, Console(file=buf, width=140))
     out = buf.getvalue()
     for k in ("detection", "extraction", "mia", "worst-case risk", rep["risk"]["band"].upper()):
         assert k in out
@@ -141,7 +142,7 @@ def test_partial_results_and_exact_exposure_only():
     assert rep["mia"] is None and rep["detection"] is None
     assert rep["canaries"][0]["exposure"] == pytest.approx(8 - 1)  # rank 2 of 256
     assert rep["scoring"] == {"mode": "pll-strided", "mode_params": {"k": 4}}
-    assert "plots" not in rep and len(re.findall("data:image/png", RP.render_html(rep))) == 2
+    assert "plots" not in rep and len(re.findall("data:image/png", RD.render_html(rep))) == 2
     with pytest.raises(ConfigError, match="no attack vector"):
         RP.evaluate(RP.AuditResult(mode="causal"))
 
@@ -181,7 +182,7 @@ def test_canaries_like_their_controls_are_not_detected():
     windows_null = RP.detect({"canaries": np.concatenate([planted, controls])},
                              _canary_result(planted, controls, reps).nonmember_log_ppl, mode="causal")
     assert windows_null.groups["canaries"].tpr == 1.0
-    page = RP.render_html(rep)
+    page = RD.render_html(rep)
     assert "control canaries" in page and "No control canaries" not in page
 
 
@@ -210,7 +211,7 @@ def test_planted_canaries_below_the_controls_are_detected():
                                        nonmember_log_ppl=None))
     assert alone["detection"]["windows"] is None and alone["detection"]["canaries"] == {
         **cd, "reference": None}
-    plots = RP._plots(rep)
+    plots = RD._plots(rep)
     assert any(t.startswith("Canaries") for t, _ in plots)
 
 
@@ -225,7 +226,7 @@ def test_without_controls_canaries_fall_back_to_the_windows(written):
     for r in set(REPS):
         x = np.array([c.log_perplexity for c in res.canaries if c.repetitions == r])
         assert by[r]["tpr"] == pytest.approx((x < t).mean())
-    assert "No control canaries" in RP.render_html(rep)
+    assert "No control canaries" in RD.render_html(rep)
     # without windows either, there is no null for the canaries at all
     bare = RP.evaluate(_result(member_log_ppl=None, nonmember_log_ppl=None, mia_scores={}))
     assert bare["detection"] is None and "detection" not in bare["risk"]["vectors"]

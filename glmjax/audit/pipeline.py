@@ -492,12 +492,10 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
         write_membership_scores(sdir / "membership.h5", genome, store.column("id")[genome], labels,
                                 result.mia_scores, sample_scores or None,
                                 provenance={"model": provenance["model"], "data": str(data)})
+    result.extraction_attacks = extraction_info
+    result.exposure_plan = exposure_plan if manifest is not None else None
+    result.skipped = skipped
     report = evaluate(result, reveal=reveal, log=log)
-    if extraction_info is not None:
-        report["extraction_attacks"] = extraction_info
-    if manifest is not None:
-        report["exposure_plan"] = exposure_plan
-    report["skipped"] = skipped
     laps.lap("statistics")
     # writing the report itself comes after its own timings: the one step they cannot include
     report["timings"], report["seconds"] = laps.rounded()

@@ -76,7 +76,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from glmjax.audit.pipeline import AuditOptions, headline, run_audit, timings_line
-    from glmjax.audit.report import print_summary
+    from glmjax.audit.render import print_summary
 
     if not 0 < args.fpr < 1:
         raise ConfigError("--fpr must lie in (0, 1)")
