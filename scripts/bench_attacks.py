@@ -20,7 +20,6 @@ reference n-grams); ``recall`` and ``gradnorm`` are their own stages. Prints one
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -30,22 +29,13 @@ import time
 from pathlib import Path
 
 import jax  # noqa: E402
+from bench_common import run_cli as _run  # noqa: E402
 
 import glmjax  # noqa: E402
 import glmjax.models  # noqa: E402
-from glmjax.cli import main as cli  # noqa: E402
 
 PRESETS = {"llama": "small", "hyenadna": "small-32k", "gpt2": "small", "mamba": "tiny"}
 GENOME = "prokaryote/ecoli_k12_mg1655.fa.gz"
-
-
-def _run(argv: list[str]) -> float:
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):
-        rc = cli(argv)
-    if rc != 0:
-        raise SystemExit(f"glmjax {' '.join(argv)} exited with {rc}")
-    return time.perf_counter() - t0
 
 
 def _genome(path: str | None) -> Path:

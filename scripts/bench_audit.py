@@ -31,7 +31,6 @@ Prints one JSON object. Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -44,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import run_cli as _run  # noqa: E402
 from bench_exposure import full_forward  # noqa: E402
 
 import glmjax  # noqa: E402
 import glmjax.models  # noqa: E402
 from glmjax.audit import candidates as en  # noqa: E402
-from glmjax.cli import main as cli  # noqa: E402
 
 PRESETS = {"llama": "small", "hyenadna": "small-32k", "gpt2": "small", "mamba": "tiny"}
 GENOME = "prokaryote/ecoli_k12_mg1655.fa.gz"
@@ -60,15 +59,6 @@ def _genome(path: str | None) -> Path:
         return Path(path)
     shared = Path(os.environ.get("GLMJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     return shared / "data" / GENOME
-
-
-def _run(argv: list[str]) -> float:
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # the commands' own output; stdout holds the JSON
-        rc = cli(argv)
-    if rc != 0:
-        raise SystemExit(f"glmjax {' '.join(argv)} exited with {rc}")
-    return time.perf_counter() - t0
 
 
 def prepare_data(work: Path, args: argparse.Namespace) -> dict:

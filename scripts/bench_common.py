@@ -1,13 +1,15 @@
 """Timing and device probes shared by the benchmark scripts (``scripts/bench_*.py``).
 
-Import after the script has put the repository root on ``sys.path``; torch is imported only by
-the functions that need it, so JAX-only benchmarks run without it.
+Needs the installed package; torch is imported only by the functions that need it, so JAX-only
+benchmarks run without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,3 +69,16 @@ def emit_json(report: dict, out: str | None) -> dict:
         tmp.write_text(text + "\n")
         os.replace(tmp, path)
     return report
+
+
+def run_cli(argv: list[str]) -> float:
+    """Run one ``glmjax`` command in process (its own output goes to stderr, so that stdout holds
+    the benchmark's JSON); wall seconds. Exits with the command's message when it fails."""
+    from glmjax.cli import main as cli
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        rc = cli(argv)
+    if rc != 0:
+        raise SystemExit(f"glmjax {' '.join(argv)} exited with {rc}")
+    return time.perf_counter() - t0

@@ -13,7 +13,6 @@ train-shadows`` shadow models on random halves of all windows (LiRA, RMIA), then
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import platform
@@ -23,19 +22,10 @@ import time
 from pathlib import Path
 
 import jax  # noqa: E402
+from bench_common import run_cli as _run  # noqa: E402
 
 import glmjax  # noqa: E402
 import glmjax.models  # noqa: E402
-from glmjax.cli import main as cli  # noqa: E402
-
-
-def _run(argv: list[str]) -> float:
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):
-        rc = cli(argv)
-    if rc != 0:
-        raise SystemExit(f"glmjax {' '.join(argv)} exited with {rc}")
-    return time.perf_counter() - t0
 
 
 def table(rep: dict) -> str:
