@@ -114,11 +114,10 @@ def scored_tokens(tokenizer, rows: list[np.ndarray]) -> list[np.ndarray]:
     return [tb.ids[a:b][tb.scored[a:b]].astype(np.int64) for a, b in zip(tb.offsets[:-1], tb.offsets[1:], strict=True)]
 
 
-def dcpdd_reducer(table: DC.NgramTable, cap: float, store_rows: np.ndarray | None = None,
-                  in_reference: np.ndarray | None = None) -> Callable:
+def dcpdd_reducer(table: DC.NgramTable, cap: float, in_reference: np.ndarray | None = None) -> Callable:
     """A token reducer (see :func:`glmjax.engine.runner.score`) giving column ``dcpdd``;
-    ``in_reference``: bool per store row (indexed by ``store_rows`` positions), True for rows whose
-    n-grams are in ``table`` (left out when they are scored)."""
+    ``in_reference``: bool per row of the scored store, True for rows whose n-grams are in
+    ``table`` (left out of the counts they are scored with)."""
 
     def reduce(lo: int, hi: int, ids: list, logp: list) -> dict:
         leave = None if in_reference is None else np.asarray(in_reference[lo:hi], bool)
