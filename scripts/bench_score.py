@@ -60,10 +60,9 @@ from glmjax.engine.bench import bench_scoring, measure_copy_bandwidth, measure_m
 from glmjax.engine.inputs import StoreInput  # noqa: E402
 from glmjax.engine.runner import (  # noqa: E402
     Scorer,
-    _prepare_block,
     configure_compilation_cache,
-    context_length,
     parse_mode,
+    prepare_block,
     score,
 )
 from glmjax.engine.scorestore import ScoreStore  # noqa: E402
@@ -139,13 +138,13 @@ def host_pipeline(model, store: Path, batch_tokens: int | None, rows: int, block
     scorer = Scorer(model, parse_mode(model.objective, "random:1" if model.objective == "masked" else None),
                     make_mesh(1), batch_tokens=batch_tokens)
     policy = batching.padding_policy(model.spec)
-    ctx = context_length(model)
+    ctx = model.config.max_len
     t0 = time.perf_counter()
     tokens = 0
     n = min(rows, len(src))
     for lo in range(0, n, block_rows):
         hi = min(lo + block_rows, n)
-        blk = _prepare_block(src, lo, hi, model.tokenizer, model.objective, None)
+        blk = prepare_block(src, lo, hi, model.tokenizer, model.objective, None)
         for length, idx in batching.plan_batches(blk.tokens.lengths, policy, ctx, scorer.rows_per_batch):
             batching.assemble(blk.tokens, idx, length, scorer.rows_per_batch(length), model.tokenizer.pad_id,
                               blk.seq + lo, blk.piece)

@@ -139,7 +139,6 @@ def test_canaries_spread_over_eight_devices(tmp_path):
         print(json.dumps({"devices": jax.device_count(), "cpc": stats.canaries_per_call}))
     """)
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "logp.npy")], env=env, text=True,
                          capture_output=True, timeout=600)

@@ -23,7 +23,6 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 def _env(tmp: Path, devices: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["GLMJAX_JAX_CACHE"] = str(tmp / "jax-cache")
     env["GLMJAX_QUIET"] = "1"
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

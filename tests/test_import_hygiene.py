@@ -30,6 +30,16 @@ def test_no_script_puts_the_checkout_before_site_packages():
     assert offenders == {}
 
 
+def test_no_test_puts_the_checkout_on_a_subprocess_path():
+    import re
+
+    pattern = re.compile(r"PYTHONPATH\W{1,4}(:|=)\s*str\(ROOT\)")   # env["PYTHONPATH"] = str(ROOT)... / {"PYTHONPATH": str(ROOT)}
+    offenders = [p.name for p in sorted((ROOT / "tests").glob("*.py"))
+                 if p.name != Path(__file__).name and pattern.search(p.read_text())]
+    assert offenders == []
+    assert pattern.search('env["PYTHONPATH"] = str(ROOT) + os.pathsep') and pattern.search('{"PYTHONPATH": str(ROOT)}')
+
+
 def test_top_level_kernels_is_not_the_checkout_folder_under_pytest():
     spec = importlib.util.find_spec("kernels")
     if spec is not None and spec.origin:

@@ -48,7 +48,6 @@ def setup(tmp_path_factory):
 
 def _env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["GLMJAX_JAX_CACHE"] = str(tmp / "jax-cache")
     env["GLMJAX_QUIET"] = "1"
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

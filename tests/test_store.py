@@ -133,7 +133,7 @@ def test_resume_after_sigkill_mid_write(tmp_path):
     out = tmp_path / "s.h5"
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(tests=str(ROOT / "tests")))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # the installed package, as a user runs it
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "ready"

@@ -387,7 +387,9 @@ def _segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare_block(source, lo: int, hi: int, tokenizer, objective: str, window: int | None) -> _Block:
+def prepare_block(source, lo: int, hi: int, tokenizer, objective: str, window: int | None) -> _Block:
+    """Read and tokenize rows ``lo..hi`` of an input (windowed when ``window`` is set): the host
+    side of one block, with each piece's scored-token and nucleotide counts (benchmarks time it)."""
     codes, offs = source.block(lo, hi)
     lens = np.diff(offs)
     seq, piece, start = batching.window_pieces(lens, window)
@@ -723,7 +725,7 @@ def _run(source, scorer: Scorer, writer: ScoreStoreWriter, start: int, stop: int
 
     def build(b0: int, b1: int):
         """Read, tokenize, bucket and pad one block: (block, its host batches)."""
-        blk = _prepare_block(source, b0, b1, tokenizer, objective, window)
+        blk = prepare_block(source, b0, b1, tokenizer, objective, window)
         plan = batching.plan_batches(blk.tokens.lengths, policy, context,
                                      lambda L: scorer.rows_per_batch(L, total_pieces_cap))
         blk.num_batches = len(plan)
