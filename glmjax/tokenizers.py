@@ -4,6 +4,10 @@ Every tokenizer turns a uint8 code array (A C G T N = 0..4, see :mod:`glmjax.alp
 string into int32 token ids *including* the family's special tokens (``<cls>``, ``[SEP]``...),
 and tells which token positions carry nucleotides (the positions that are scored) and how many
 nucleotides each token covers (for per-nucleotide normalisation of k-mer and BPE scores).
+:meth:`Tokenizer.encode_block` tokenizes many pieces of one flat code array at once
+(:class:`TokenBlock`): the one tokenization path of training, scoring and the audit, vectorised
+for character and k-mer tokenizers. :meth:`Tokenizer.token_strings` gives every token's
+nucleotide string (constrained mask filling, candidate enumeration).
 
 Families: ``CharTokenizer`` (HyenaDNA / Caduceus id conventions, and the plain character
 vocabulary of the causal baselines), ``KmerTokenizer`` (Nucleotide Transformer 6-mers, v1 and v2
