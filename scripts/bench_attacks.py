@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -29,20 +28,13 @@ import time
 from pathlib import Path
 
 import jax  # noqa: E402
+from bench_common import CAUSAL_PRESETS, ECOLI, shared_genome  # noqa: E402
 from bench_common import run_cli as _run  # noqa: E402
 
 import glmjax  # noqa: E402
 import glmjax.models  # noqa: E402
 
-PRESETS = {"llama": "small", "hyenadna": "small-32k", "gpt2": "small", "mamba": "tiny"}
-GENOME = "prokaryote/ecoli_k12_mg1655.fa.gz"
-
-
-def _genome(path: str | None) -> Path:
-    if path:
-        return Path(path)
-    shared = Path(os.environ.get("GLMJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    return shared / "data" / GENOME
+PRESETS, GENOME = CAUSAL_PRESETS, ECOLI
 
 
 def _config(family: str, preset: str | None):
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="glmjax-bench-attacks-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        g = _genome(args.genome)
+        g = shared_genome(args.genome)
         if not g.exists():
             raise SystemExit(f"genome {g} not found (pass --genome or set GLMJAX_SHARED)")
         store = work / "windows.h5"

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_common import CAUSAL_PRESETS, ECOLI, shared_genome  # noqa: E402
 from bench_common import run_cli as _run  # noqa: E402
 from bench_exposure import full_forward  # noqa: E402
 
@@ -50,20 +50,12 @@ import glmjax  # noqa: E402
 import glmjax.models  # noqa: E402
 from glmjax.audit import candidates as en  # noqa: E402
 
-PRESETS = {"llama": "small", "hyenadna": "small-32k", "gpt2": "small", "mamba": "tiny"}
-GENOME = "prokaryote/ecoli_k12_mg1655.fa.gz"
-
-
-def _genome(path: str | None) -> Path:
-    if path:
-        return Path(path)
-    shared = Path(os.environ.get("GLMJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    return shared / "data" / GENOME
+PRESETS, GENOME = CAUSAL_PRESETS, ECOLI
 
 
 def prepare_data(work: Path, args: argparse.Namespace) -> dict:
     """Windows, canaries, planting and the split, each with its wall time."""
-    g = _genome(args.genome)
+    g = shared_genome(args.genome)
     if not g.exists():
         raise SystemExit(f"genome {g} not found (pass --genome or set GLMJAX_SHARED)")
     t = {}

@@ -82,3 +82,17 @@ def run_cli(argv: list[str]) -> float:
     if rc != 0:
         raise SystemExit(f"glmjax {' '.join(argv)} exited with {rc}")
     return time.perf_counter() - t0
+
+
+#: published causal shapes the audit benchmarks run (family -> preset)
+CAUSAL_PRESETS = {"llama": "small", "hyenadna": "small-32k", "gpt2": "small", "mamba": "tiny"}
+#: the real genome the audit benchmarks window, under the shared data folder
+ECOLI = "prokaryote/ecoli_k12_mg1655.fa.gz"
+
+
+def shared_genome(path: str | None, relative: str = ECOLI) -> Path:
+    """``path``, or ``relative`` under the shared data folder (``$GLMJAX_SHARED`` or ``../shared``)."""
+    if path:
+        return Path(path)
+    shared = Path(os.environ.get("GLMJAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    return shared / "data" / relative

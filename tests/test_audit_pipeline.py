@@ -157,6 +157,7 @@ def test_every_stage_is_timed_and_reported(audited):
     assert any(ln.startswith("scoring (target): ") and "seq/s" in ln for ln in res.lines)
     assert any(ln.startswith("gradient norm: ") and "seq/s" in ln for ln in res.lines)
     assert any(ln.startswith("DC-PDD: counting 6-grams of the ") for ln in res.lines)
+    assert any(ln.startswith("DC-PDD reference: ") and "seq/s" in ln for ln in res.lines)
     assert any(ln.startswith("statistics (attack metrics): ") and "attack/s" in ln for ln in res.lines)
 
 

@@ -90,16 +90,23 @@ def conditional_mean_logp(sum_px: np.ndarray, n_px: np.ndarray, sum_p: float, n_
 # ------------------------------------------------------------------ DC-PDD reference
 
 
-def dcpdd_table(tokenizer, rows: list[np.ndarray], n: int, source: str, chunk: int = 4096) -> DC.NgramTable:
-    """Reference n-gram counts over the scored tokens of sequences (uint8 code arrays)."""
+def dcpdd_table(tokenizer, rows: list[np.ndarray], n: int, source: str, chunk: int = 4096,
+                on_rows: Callable[[int], None] | None = None) -> DC.NgramTable:
+    """Reference n-gram counts over the scored tokens of sequences (uint8 code arrays);
+    ``on_rows`` is called with the sequences done in each of the two passes (progress)."""
     if not rows:
         raise ConfigError("DC-PDD needs a non-empty reference")
-    spans = range(0, len(rows), chunk)
+
+    def chunks():
+        for lo in range(0, len(rows), chunk):
+            toks = scored_tokens(tokenizer, rows[lo:lo + chunk])
+            yield toks
+            if on_rows is not None:
+                on_rows(len(toks))
+
     # two passes (the alphabet, then the counts) keep one chunk of tokens in memory at a time
-    alphabet = np.unique(np.concatenate([DC.distinct_tokens(np.concatenate(scored_tokens(tokenizer, rows[lo:lo + chunk])))
-                                         for lo in spans]))
-    return DC.merge_tables([DC.ngram_table(scored_tokens(tokenizer, rows[lo:lo + chunk]), n, alphabet, source)
-                            for lo in spans])
+    alphabet = np.unique(np.concatenate([DC.distinct_tokens(np.concatenate(c)) for c in chunks()]))
+    return DC.merge_tables([DC.ngram_table(c, n, alphabet, source) for c in chunks()])
 
 
 def scored_tokens(tokenizer, rows: list[np.ndarray]) -> list[np.ndarray]:

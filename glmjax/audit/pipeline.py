@@ -147,13 +147,6 @@ def _sample(labels: np.ndarray, per_class: int, seed: int, tag: int, exclude: np
     return np.sort(np.concatenate([rng.permutation(pos)[:per_class], rng.permutation(neg)[:per_class]]))
 
 
-def _write_store(path: Path, seqs: list[np.ndarray], purpose: str) -> None:
-    w = SequenceStoreWriter(path, provenance={"purpose": purpose})
-    for lo in range(0, len(seqs), 8192):
-        w.add([Record(f"r{i}", s) for i, s in enumerate(seqs[lo:lo + 8192], start=lo)])
-    w.finalize()
-
-
 def _dcpdd_setup(target: LoadedModel, seqs: list[np.ndarray], n_store: int, genome: np.ndarray,
                  labels: np.ndarray, opts: AuditOptions, reference_rows: list[np.ndarray] | None, log):
     """The DC-PDD token reducer and the description of its reference (the report's ``settings``)."""
@@ -163,12 +156,15 @@ def _dcpdd_setup(target: LoadedModel, seqs: list[np.ndarray], n_store: int, geno
     if reference_rows is not None:
         rows = reference_rows
         log(f"DC-PDD: counting {n}-grams of {opts.dcpdd_reference} ({sum(len(r) for r in rows):,} nt)")
-        table = MA.dcpdd_table(target.tokenizer, rows, n, source=str(opts.dcpdd_reference))
+        with progress("DC-PDD reference", total=2 * len(rows), unit="seq", log=log) as bar:
+            table = MA.dcpdd_table(target.tokenizer, rows, n, source=str(opts.dcpdd_reference), on_rows=bar.advance)
         return MA.dcpdd_reducer(table, opts.dcpdd_cap), {**table.to_dict(), "cap": opts.dcpdd_cap,
                                                          "leave_one_out": False}
     nonmem = np.flatnonzero(~labels)
     log(f"DC-PDD: counting {n}-grams of the {len(nonmem):,} non-member windows (left out of their own scores)")
-    table = MA.dcpdd_table(target.tokenizer, [seqs[i] for i in nonmem], n, source="non-member split")
+    with progress("DC-PDD reference", total=2 * len(nonmem), unit="seq", log=log) as bar:
+        table = MA.dcpdd_table(target.tokenizer, [seqs[i] for i in nonmem], n, source="non-member split",
+                               on_rows=bar.advance)
     in_ref = np.zeros(n_store, bool)
     in_ref[genome[nonmem]] = True
     return MA.dcpdd_reducer(table, opts.dcpdd_cap, in_reference=in_ref), {
@@ -373,7 +369,7 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
             laps.lap("neighbourhood")
         else:
             skipped["neighbourhood"] = "turned off (--neighbours 0)"
-        if _recall(target, seqs, labels, tcols, opts, work, sample_scores, result, skipped, log):
+        if _recall(target, seqs, labels, tcols, opts, sample_scores, result, skipped, log):
             laps.lap("recall")
         if _gradnorm(target, seqs, labels, genome, opts, sample_scores, result, skipped, log):
             laps.lap("gradnorm")
@@ -504,7 +500,7 @@ def _audit(model, data, out, canaries, reference, shadows, opts, reveal, log, wo
     return AuditOutcome(report, paths, time.perf_counter() - laps.t0)
 
 
-def _recall(target, seqs, labels, tcols, opts, work, sample_scores, result, skipped, log) -> bool:
+def _recall(target, seqs, labels, tcols, opts, sample_scores, result, skipped, log) -> bool:
     """ReCaLL on up to ``recall_rows`` sequences per class (see :mod:`glmjax.audit.modelattacks`);
     False (and the reason in ``skipped``) when it does not run."""
     from glmjax.audit import modelattacks as MA
@@ -534,11 +530,12 @@ def _recall(target, seqs, labels, tcols, opts, work, sample_scores, result, skip
     prefix, used = MA.recall_prefix([seqs[i] for i in nonmem], opts.recall_shots, budget, opts.seed)
     pick = _sample(labels, opts.recall_rows, opts.seed, 0x9EC, exclude=nonmem[used])
     log(f"ReCaLL: {len(pick):,} sequences conditioned on a {len(prefix):,} nt non-member prefix")
-    _write_store(work / "recall_input.h5", [prefix] + [np.concatenate([prefix, seqs[i]]) for i in pick],
-                 "ReCaLL: a non-member prefix, then the prefix before each evaluated sequence")
-    rss = _score(target, work / "recall_input.h5", work / "recall.h5", opts, "scoring (ReCaLL)", log)
-    sp, n_px = np.asarray(rss.column("sum_logp")), np.asarray(rss.column("n_tokens"))
-    rss.close()
+    from glmjax.engine.runner import score_sequences
+
+    # the prefix alone, then the prefix before each evaluated sequence
+    cols = score_sequences(target, [prefix] + [np.concatenate([prefix, seqs[i]]) for i in pick], seed=opts.seed,
+                           batch_tokens=opts.batch_tokens, label="scoring (ReCaLL)", log=log)
+    sp, n_px = np.asarray(cols["sum_logp"]), np.asarray(cols["n_tokens"])
     cond = MA.conditional_mean_logp(sp[1:], n_px[1:], float(sp[0]), int(n_px[0]))
     sample_scores["recall"] = (pick, MA.recall_ratio(cond, tcols["mean_logp"][pick]))
     result.attack_info["recall"] = {"shots": opts.recall_shots, "prefix_nucleotides": int(len(prefix)),

@@ -639,7 +639,7 @@ def score(model, input_path: str | os.PathLike, out: str | os.PathLike, *, pll: 
 
 def score_sequences(model, sequences, ids=None, *, pll: str | None = None, seed: int = 0,
                     per_token: bool = False, window: int | None = None, batch_tokens: int | None = None,
-                    devices=None, label: str = "scoring") -> dict[str, Any]:
+                    devices=None, label: str = "scoring", log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score an in-memory list of sequences; returns the ScoreStore columns as arrays.
 
     The sequences go through :func:`score` (the same batching, statistics and checks) via a
@@ -649,7 +649,7 @@ def score_sequences(model, sequences, ids=None, *, pll: str | None = None, seed:
       model: a :class:`glmjax.models.base.LoadedModel`.
       sequences: DNA strings (ACGTN, any case) or uint8 code arrays (0..4).
       ids: one id per sequence (default ``seq0``, ``seq1``, ...).
-      pll, seed, per_token, window, batch_tokens, devices, label: as for :func:`score`.
+      pll, seed, per_token, window, batch_tokens, devices, label, log: as for :func:`score`.
 
     Returns:
       ``{column: array [N]}`` for every ScoreStore row column (``id``, ``n_tokens``,
@@ -686,7 +686,7 @@ def score_sequences(model, sequences, ids=None, *, pll: str | None = None, seed:
         with SequenceStoreWriter(store) as w:
             w.add(records)
         score(model, store, out, pll=pll, seed=seed, per_token=per_token, window=window,
-              batch_tokens=batch_tokens, devices=devices, label=label, resume=False)
+              batch_tokens=batch_tokens, devices=devices, label=label, log=log, resume=False)
         with ScoreStore(out) as s:
             result: dict[str, Any] = s.columns()
             if per_token:
